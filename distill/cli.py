@@ -1,0 +1,219 @@
+"""The `distill` command. Each command parses the config once, then calls one stage function.
+
+User errors (DistillError) are printed as one message and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from distill.errors import DistillError
+
+app = typer.Typer(help="Teacher-student distillation: generate, curate, train, evaluate, report.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Validate and inspect run configs.", no_args_is_help=True)
+models_app = typer.Typer(help="Model sources: packaged GGUFs, local folders, hub ids.",
+                         no_args_is_help=True)
+train_app = typer.Typer(help="Student training.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
+app.add_typer(train_app, name="train")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigArg = typer.Argument(..., help="run config (YAML)", show_default=False)
+OverrideOpt = typer.Option(None, "--set", "-s", help="override a key: --set sft.max_steps=10")
+ForceOpt = typer.Option(False, "--force", help="rerun even if the manifest says done")
+
+
+def user_errors(func: Callable) -> Callable:
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except DistillError as exc:
+            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            raise typer.Exit(2)
+    return wrapper
+
+
+def _run(config: Path, overrides: Optional[list[str]]):
+    from distill.config import load_config
+    from distill.rundir import Run
+    return Run(load_config(config, overrides))
+
+
+def _stage(config: Path, overrides: Optional[list[str]], name: str, force: bool) -> None:
+    from distill.pipeline import run_stage
+    summary = run_stage(_run(config, overrides), name, force=force)
+    if summary:
+        console.print_json(json.dumps(summary, default=str))
+
+
+# --- config --------------------------------------------------------------------------------
+
+
+@config_app.command("validate")
+@user_errors
+def config_validate(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt):
+    """Check a config; report every problem with its line and key path."""
+    from distill.config import load_config
+    cfg = load_config(config, overrides)
+    console.print(f"[green]ok[/green] {config} (run {cfg.run_name}, hash {cfg.config_hash()})")
+
+
+@config_app.command("show")
+@user_errors
+def config_show(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt):
+    """Print the fully resolved config, defaults filled in."""
+    from distill.config import load_config
+    cfg = load_config(config, overrides)
+    sys.stdout.write(yaml.safe_dump(cfg.resolved(), sort_keys=False))
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+@user_errors
+def models_list():
+    """Packaged models, whether their packages are installed, and where they are prepared."""
+    from distill.models import list_models
+    table = Table("name", "installed", "prepared", "folder", "description")
+    for row in list_models():
+        table.add_row(row["name"], str(row["installed"]), str(row["prepared"]), row["folder"],
+                      row["description"])
+    console.print(table)
+    console.print("Also accepted in configs: a local HF folder path, or a hub id (org/name).")
+
+
+@models_app.command("prepare")
+@user_errors
+def models_prepare(
+    name: Optional[str] = typer.Argument(None, help="packaged model name, see `models list`"),
+    all_: bool = typer.Option(False, "--all", help="prepare every packaged model"),
+    force: bool = typer.Option(False, "--force", help="convert again even if cached"),
+):
+    """Convert a packaged GGUF once into a cached safetensors folder (sha256 checked)."""
+    from distill.models import PACKAGED, prepare_packaged
+    names = list(PACKAGED) if all_ else [name.removeprefix("packaged:")] if name else []
+    if not names:
+        raise DistillError("name a packaged model, or pass --all")
+    for n in names:
+        console.print(f"{n}: {prepare_packaged(n, force=force)}")
+
+
+# --- stages --------------------------------------------------------------------------------
+
+
+@app.command("prompts")
+@user_errors
+def prompts(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+            force: bool = ForceOpt):
+    """Load task data and split off the held-out test set."""
+    _stage(config, overrides, "prompts", force)
+
+
+@app.command("generate")
+@user_errors
+def generate(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+             force: bool = ForceOpt):
+    """Teacher generation (resumable: only missing prompts are generated)."""
+    _stage(config, overrides, "generate", force)
+
+
+@app.command("curate")
+@user_errors
+def curate(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+           force: bool = ForceOpt):
+    """Quality filters, exact + MinHash near-dedup, decontamination."""
+    _stage(config, overrides, "curate", force)
+
+
+@app.command("pairs")
+@user_errors
+def pairs(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+          force: bool = ForceOpt):
+    """Preference pairs for DPO."""
+    _stage(config, overrides, "pairs", force)
+
+
+@train_app.command("sft")
+@user_errors
+def train_sft(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+              force: bool = ForceOpt):
+    """QLoRA SFT of the student (resumes from the last checkpoint)."""
+    _stage(config, overrides, "sft", force)
+
+
+@train_app.command("dpo")
+@user_errors
+def train_dpo(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+              force: bool = ForceOpt):
+    """DPO on top of the SFT adapter."""
+    _stage(config, overrides, "dpo", force)
+
+
+@app.command("export")
+@user_errors
+def export(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+           force: bool = ForceOpt):
+    """Write the adapter's model card and, if configured, a merged model."""
+    _stage(config, overrides, "export", force)
+
+
+@app.command("eval")
+@user_errors
+def evaluate(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+             force: bool = ForceOpt):
+    """Held-out quality of teacher, student base, SFT and DPO students."""
+    _stage(config, overrides, "eval", force)
+
+
+@app.command("bench")
+@user_errors
+def bench(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+          force: bool = ForceOpt):
+    """Latency, throughput and cost of teacher and student."""
+    _stage(config, overrides, "bench", force)
+
+
+@app.command("report")
+@user_errors
+def report(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+           force: bool = ForceOpt):
+    """HTML, Markdown and JSON report."""
+    _stage(config, overrides, "report", force)
+
+
+@app.command("run")
+@user_errors
+def run(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+        force: bool = ForceOpt):
+    """Every stage in order; stages already done in the run dir are skipped (resume)."""
+    from distill.pipeline import run_all
+    r = _run(config, overrides)
+    missing = run_all(r, force=force)
+    table = Table("stage", "status", "seconds", title=f"run {r.run_id}: {r.dir}")
+    for name, entry in r.manifest["stages"].items():
+        table.add_row(name, entry.get("status", "?"), str(entry.get("seconds", "")))
+    for name in missing:
+        table.add_row(name, "[yellow]not built yet[/yellow]", "")
+    console.print(table)
+    report_html = r.dir / "report" / "report.html"
+    if report_html.exists():
+        console.print(f"report: {report_html}")
+
+
+if __name__ == "__main__":
+    app()

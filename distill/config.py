@@ -1,0 +1,405 @@
+"""One YAML file describes a whole run. It is parsed here, once, into typed models.
+
+Every section forbids unknown keys, so a misspelled key fails loudly with the file, the line,
+the key path and what was expected, instead of silently falling back to a default.
+Paths in a config are relative to the current working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distill.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --- task and data -------------------------------------------------------------------------
+
+
+class FewShotExample(Section):
+    input: str
+    output: str
+
+
+class TaskConfig(Section):
+    """What the student must learn, and how the teacher is prompted for it."""
+
+    name: str
+    type: Literal["classification", "free_text", "json"] = "classification"
+    labels: list[str] | None = Field(None, description="allowed answers (classification)")
+    json_schema: dict[str, Any] | None = Field(None, description="answer schema (json tasks)")
+    system_prompt: str | None = None
+    instruction: str = Field(..., description="the teacher's full instruction")
+    # The student is served with a short prompt: that is where its latency/cost win comes from.
+    student_instruction: str | None = Field(None, description="short instruction for the student")
+    template: str = Field("{instruction}\n\n{input}", description="user turn; {instruction} {input}")
+    few_shot: list[FewShotExample] = Field(default_factory=list)
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_input(cls, v: str) -> str:
+        if "{input}" not in v:
+            raise ValueError("template must contain the placeholder {input}")
+        return v
+
+    @model_validator(mode="after")
+    def _type_needs(self) -> TaskConfig:
+        if self.type == "classification" and not self.labels:
+            raise ValueError("a classification task needs task.labels")
+        if self.type == "json" and self.json_schema is None:
+            raise ValueError("a json task needs task.json_schema")
+        return self
+
+
+class DataConfig(Section):
+    """Where prompts come from, and how the held-out test set is split off."""
+
+    source: Literal["rotten_tomatoes", "jsonl", "csv", "parquet"] = "rotten_tomatoes"
+    path: Path | None = Field(None, description="file or directory of files (not for builtins)")
+    text_field: str = "text"
+    label_field: str | None = "label"
+    id_field: str | None = None
+    label_map: dict[str, str] = Field(default_factory=dict, description="raw label -> task label")
+    max_train_prompts: int | None = Field(None, gt=0)
+    test_size: int = Field(200, gt=0, description="held-out rows, never seen by training")
+    on_bad_row: Literal["skip", "fail"] = Field(
+        "fail", description="skip: record bad rows in bad_rows.jsonl and go on; fail: stop"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.exists():
+            raise ValueError(f"file not found: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> DataConfig:
+        if self.source != "rotten_tomatoes" and self.path is None:
+            raise ValueError(f"data.source={self.source} needs data.path")
+        return self
+
+
+# --- teacher and generation ----------------------------------------------------------------
+
+
+class EndpointConfig(Section):
+    """An OpenAI-compatible HTTP server (hosted API, vllm serve, SGLang, llama.cpp)."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = Field(None, description="name of the env var holding the key")
+    max_concurrency: int = Field(8, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+
+
+class TeacherConfig(Section):
+    model: str = Field(..., description="packaged:NAME, a local HF folder, or a hub id")
+    backend: Literal["vllm", "openai", "transformers"] = "vllm"
+    replicas: int = Field(1, gt=0, description="engine actors in the Ray pool")
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs per actor (0 GPUs on CPU)")
+    cpus_per_replica: float = Field(1.0, gt=0)
+    batch_size: int = Field(64, gt=0, description="prompts per Ray Data batch")
+    max_model_len: int = Field(2048, gt=0)
+    dtype: str = "auto"
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM")
+    endpoint: EndpointConfig | None = None
+
+    @model_validator(mode="after")
+    def _endpoint_for_openai(self) -> TeacherConfig:
+        if self.backend == "openai" and self.endpoint is None:
+            raise ValueError("teacher.backend=openai needs teacher.endpoint")
+        return self
+
+
+class GenerationConfig(Section):
+    n: int = Field(1, gt=0, description="samples per prompt")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, gt=0)
+    seed: int = 0
+    structured_output: Literal["none", "choice", "json"] = Field(
+        "none", description="choice: one of task.labels; json: task.json_schema"
+    )
+    logprobs: int | None = Field(None, ge=0, description="top-k logprobs to keep per token")
+    shard_size: int = Field(256, gt=0, description="prompts per output Parquet shard")
+
+
+# --- curation ------------------------------------------------------------------------------
+
+
+class FiltersConfig(Section):
+    min_chars: int | None = Field(None, ge=0)
+    max_chars: int | None = Field(None, gt=0)
+    min_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, gt=0)
+    drop_truncated: bool = True
+    must_match: list[str] = Field(default_factory=list, description="regexes every row must match")
+    must_not_match: list[str] = Field(default_factory=list)
+    require_valid_answer: bool = Field(True, description="label in task.labels / JSON valid")
+    drop_refusals: bool = True
+    refusal_patterns: list[str] | None = Field(None, description="None = built-in list")
+    min_agreement: float | None = Field(
+        None, ge=0, le=1, description="majority vote across the n samples; the vote is the label"
+    )
+
+
+class DedupConfig(Section):
+    exact: bool = True
+    near: bool = True
+    fields: list[Literal["prompt", "completion"]] = Field(default_factory=lambda: ["prompt"])
+    shingle: Literal["word", "char"] = "word"
+    ngram: int = Field(3, gt=0)
+    num_perm: int = Field(128, gt=0)
+    threshold: float = Field(0.8, gt=0, le=1)
+    bands: int | None = Field(None, gt=0)
+    rows: int | None = Field(None, gt=0)
+    keep: Literal["first", "longest", "shortest"] = "first"
+    index_dir: Path | None = Field(None, description="persistent index; default <run>/dedup_index")
+    storage: Literal["disk", "redis"] = "disk"
+    redis_url: str | None = None
+
+    @model_validator(mode="after")
+    def _bands_rows_together(self) -> DedupConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both dedup.bands and dedup.rows, or neither")
+        if self.storage == "redis" and not self.redis_url:
+            raise ValueError("dedup.storage=redis needs dedup.redis_url")
+        return self
+
+
+class DecontamConfig(Section):
+    enabled: bool = True
+    method: Literal["ngram", "minhash"] = "ngram"
+    ngram: int = Field(8, gt=0)
+    threshold: float = Field(0.8, gt=0, le=1, description="minhash method only")
+
+
+class PairsConfig(Section):
+    enabled: bool = True
+    scorer: Literal["verifier", "judge", "rule"] = "verifier"
+    min_margin: float = Field(0.5, ge=0)
+    max_pairs_per_prompt: int = Field(1, gt=0)
+    judge_rubric: str | None = None
+    rule: str | None = Field(None, description="rule scorer: name of a built-in rule")
+    on_policy: bool = Field(False, description="rejected = the student's own wrong answers")
+
+
+# --- student -------------------------------------------------------------------------------
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class StudentConfig(Section):
+    model: str = Field(..., description="packaged:NAME, a local HF folder, or a hub id")
+    quantization: Literal["none", "nf4", "int8"] = "nf4"
+    double_quant: bool = True
+    max_seq_len: int = Field(512, gt=0)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class TrainConfig(Section):
+    """Shared by SFT and DPO."""
+
+    enabled: bool = True
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="-1: run all epochs")
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    save_steps: int = Field(50, gt=0)
+    logging_steps: int = Field(5, gt=0)
+    gradient_checkpointing: bool = False
+    workers: int = Field(1, gt=0, description=">1: Ray Train TorchTrainer with N workers")
+
+
+class SFTConfig(TrainConfig):
+    packing: bool = False
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+
+
+class DPOConfig(TrainConfig):
+    learning_rate: float = Field(5e-5, gt=0)
+    beta: float = Field(0.1, gt=0)
+    loss_type: str = "sigmoid"
+
+
+class ExportConfig(Section):
+    merged: bool = Field(False, description="also write a merged full-precision model")
+
+
+# --- evaluation, benchmark, cost -----------------------------------------------------------
+
+
+class EvalConfig(Section):
+    max_examples: int | None = Field(None, gt=0)
+    bootstrap: int = Field(1000, gt=0, description="resamples for the 95% CI")
+    quality_bar: float = Field(
+        0.95, gt=0, description="student passes if metric >= quality_bar * teacher's"
+    )
+    general_prompts: list[str] | None = Field(None, description="forgetting check; None = built-in")
+    max_tokens: int = Field(16, gt=0)
+
+
+class BenchConfig(Section):
+    requests: int = Field(64, gt=0)
+    concurrency: int = Field(8, gt=0)
+    max_tokens: int = Field(16, gt=0)
+
+
+class PriceConfig(Section):
+    """Either hardware time or an API's token prices."""
+
+    per_hour_usd: float | None = Field(None, ge=0)
+    input_per_1m_usd: float | None = Field(None, ge=0)
+    output_per_1m_usd: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PriceConfig:
+        has_hour = self.per_hour_usd is not None
+        has_tokens = self.input_per_1m_usd is not None or self.output_per_1m_usd is not None
+        if has_hour == has_tokens:
+            raise ValueError("give per_hour_usd, or input_per_1m_usd/output_per_1m_usd")
+        return self
+
+
+class CostConfig(Section):
+    teacher: PriceConfig = Field(default_factory=lambda: PriceConfig(per_hour_usd=0.0))
+    student: PriceConfig = Field(default_factory=lambda: PriceConfig(per_hour_usd=0.0))
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="None: start a local Ray")
+    num_cpus: int | None = Field(None, gt=0, description="local Ray only")
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+class RunConfig(Section):
+    run_name: str
+    output_dir: Path
+    seed: int = 0
+    task: TaskConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    student: StudentConfig
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved config, defaults filled in, as plain JSON types."""
+        return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.resolved(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def _key_lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
+    """Map every key path in a YAML document to its 1-based line, for error messages."""
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = path + (key.value,)
+            lines[child] = key.start_mark.line + 1
+            lines.update(_key_lines(value, child))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[path + (i,)] = item.start_mark.line + 1
+            lines.update(_key_lines(item, path + (i,)))
+    return lines
+
+
+def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    # Pydantic adds pseudo-locations (e.g. the type tag of a union); walk up to a real key.
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return None
+
+
+def _describe(err: dict) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
+        return f"{path}: {msg} (got {err.get('input')!r})"
+    return f"{path}: {msg}"
+
+
+def _apply_override(data: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError("overrides", [f"{override!r}: expected key.path=value"])
+    key, raw = override.split("=", 1)
+    target = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError("overrides", [f"{key}: {part} is not a section"])
+    target[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Parse and validate a run config. Raises ConfigError naming every bad place."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), ["config file not found"])
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(str(path), [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"])
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), ["the top level must be a mapping of sections"])
+    for override in overrides or []:
+        _apply_override(data, override)
+    lines = _key_lines(node) if node is not None else {}
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            line = _line_for(err["loc"], lines)
+            where = f"line {line}: " if line else ""
+            problems.append(where + _describe(err))
+        raise ConfigError(str(path), problems) from None

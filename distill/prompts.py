@@ -1,0 +1,55 @@
+"""Chat messages for the teacher (full instruction, few-shot) and the student (short prompt).
+
+Both sides render from the same task config, so training, eval and bench agree on the exact
+prompt a model sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from distill.config import TaskConfig
+
+Message = dict[str, str]
+
+
+def _user_turn(task: TaskConfig, instruction: str, text: str) -> str:
+    return task.template.format(instruction=instruction, input=text).strip()
+
+
+def teacher_messages(task: TaskConfig, text: str) -> list[Message]:
+    """System prompt, few-shot turns, then the instruction with the input."""
+    messages: list[Message] = []
+    if task.system_prompt:
+        messages.append({"role": "system", "content": task.system_prompt})
+    for shot in task.few_shot:
+        messages.append({"role": "user", "content": _user_turn(task, task.instruction, shot.input)})
+        messages.append({"role": "assistant", "content": shot.output})
+    messages.append({"role": "user", "content": _user_turn(task, task.instruction, text)})
+    return messages
+
+
+def student_messages(task: TaskConfig, text: str) -> list[Message]:
+    """The distilled student needs only a short instruction and no few-shot examples."""
+    instruction = task.student_instruction or task.instruction
+    return [{"role": "user", "content": _user_turn(task, instruction, text)}]
+
+
+def template_version(task: TaskConfig) -> str:
+    """Hash of everything that shapes the teacher prompt; part of every generated row's id."""
+    blob = json.dumps(
+        {
+            "system": task.system_prompt,
+            "instruction": task.instruction,
+            "template": task.template,
+            "few_shot": [s.model_dump() for s in task.few_shot],
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def text_id(text: str) -> str:
+    """Stable id of a source text (whitespace-normalised)."""
+    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:16]
