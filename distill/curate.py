@@ -1,0 +1,345 @@
+"""The curate stage: teacher completions -> the SFT training set, with every drop explained.
+
+Order: row filters -> agreement vote (per example) -> exact dedup -> near dedup -> decontam.
+Outputs (all written tmp-then-rename, nothing partial on failure):
+    curate/train.parquet    example_id, text, label, target, row_ids, agreement
+    curate/rejects.parquet  row_id, example_id, filter, detail   (every input row not in a
+                            train row's row_ids is here, with the filter that dropped it)
+The kept examples are added to the persistent dedup index, so a later refresh pointing at the
+same `dedup.index_dir` drops what duplicates them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from distill.errors import DataError, StageNotReadyError
+from distill.filters import Example, Rejected, apply_row_filters, build_row_filters, vote_all
+from distill.rundir import Run
+
+console = Console()
+
+REQUIRED_COLUMNS = {
+    "row_id": "string", "example_id": "string", "text": "string", "completion": "string",
+    "finish_reason": "string", "completion_tokens": "integer",
+}
+OPTIONAL_COLUMNS = ("label", "sample_index", "prompt_id")
+
+
+# --- input -----------------------------------------------------------------------------------
+
+
+def shard_paths(run: Run) -> list[Path]:
+    shards = sorted(run.dir.joinpath("generate", "shards").glob("*.parquet"))
+    if not shards:
+        raise StageNotReadyError(
+            f"no teacher completions in {run.dir / 'generate' / 'shards'}: run `distill generate` first")
+    return shards
+
+
+def _check_type(field, want: str) -> bool:
+    import pyarrow.types as pt
+
+    if want == "string":
+        return pt.is_string(field.type) or pt.is_large_string(field.type) or pt.is_null(field.type)
+    return pt.is_integer(field.type)
+
+
+def read_shard(path: Path) -> list[dict[str, Any]]:
+    """Rows of one generate shard, or a DataError naming the file, column and row."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for torn/foreign files
+        raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} "
+                        f"(has {', '.join(table.column_names)})")
+    for col, want in REQUIRED_COLUMNS.items():
+        if not _check_type(table.schema.field(col), want):
+            raise DataError(f"{path}: column {col} is {table.schema.field(col).type}, expected {want}")
+    columns = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in table.column_names]
+    rows = table.select(columns).to_pylist()
+    for i, row in enumerate(rows):
+        for col in ("row_id", "example_id", "text", "completion"):
+            if row[col] is None:
+                raise DataError(f"{path}: row {i}: column {col} is null")
+        row.setdefault("label", None)
+        row["completion_tokens"] = row["completion_tokens"] or 0
+    return rows
+
+
+def read_generate_rows(run: Run) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, Path] = {}
+    for path in shard_paths(run):
+        for row in read_shard(path):
+            if row["row_id"] in seen:
+                raise DataError(f"{path}: row_id {row['row_id']} also in {seen[row['row_id']]}")
+            seen[row["row_id"]] = path
+            rows.append(row)
+    return rows
+
+
+def read_test_texts(run: Run) -> list[str]:
+    import pyarrow.parquet as pq
+
+    path = run.dir / "prompts" / "test.parquet"
+    if not path.exists():
+        raise StageNotReadyError(f"decontamination needs the held-out set {path}: "
+                                 "run the prompts stage first (or set decontam.enabled: false)")
+    try:
+        return [t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t]
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read column text ({exc})") from None
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+TRAIN_SCHEMA_FIELDS = ("example_id", "text", "label", "target", "row_ids", "agreement")
+
+
+@contextmanager
+def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
+    """Yield temp paths; rename them all onto `paths` only if the block succeeds."""
+    tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in paths]
+    try:
+        yield tmps
+        for tmp, final in zip(tmps, paths):
+            os.replace(tmp, final)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+
+
+def _write_train(examples: list[Example], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("example_id", pa.string()), ("text", pa.string()), ("label", pa.string()),
+                        ("target", pa.string()), ("row_ids", pa.list_(pa.string())),
+                        ("agreement", pa.float64())])
+    pq.write_table(pa.Table.from_pylist([e.as_row() for e in examples], schema=schema), path)
+
+
+def _write_rejects(rejects: list[Rejected], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(c, pa.string()) for c in ("row_id", "example_id", "filter", "detail")])
+    pq.write_table(pa.Table.from_pylist([r.as_row() for r in rejects], schema=schema), path)
+
+
+# --- the stage -------------------------------------------------------------------------------
+
+
+def _dedup_text(ex: Example, fields: list[str]) -> str:
+    return "\n".join(ex.text if f == "prompt" else ex.target for f in fields)
+
+
+def _drop_examples(examples: list[Example], drops: dict[int, tuple[str, str]]) -> tuple[
+        list[Example], list[Rejected]]:
+    """Remove examples by index; each of their rows becomes a reject (filter, detail)."""
+    kept, rejected = [], []
+    for i, ex in enumerate(examples):
+        if i in drops:
+            name, detail = drops[i]
+            rejected += [Rejected(r, ex.example_id, name, detail) for r in ex.row_ids]
+        else:
+            kept.append(ex)
+    return kept, rejected
+
+
+def _segment_id(rows: list[dict[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for rid in sorted(r["row_id"] for r in rows):
+        h.update(rid.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+class Funnel:
+    """Counts per step, for the manifest and the terminal table."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, Any]] = []
+
+    def add(self, step: str, unit: str, n_in: int, dropped: int, **extra: Any) -> None:
+        self.steps.append({"step": step, "unit": unit, "in": n_in, "dropped": dropped,
+                           "out": n_in - dropped, **extra})
+
+    def table(self, title: str) -> Table:
+        t = Table(title=title)
+        for col, justify in (("step", "left"), ("unit", "left"), ("in", "right"),
+                             ("dropped", "right"), ("out", "right"), ("note", "left")):
+            t.add_column(col, justify=justify)
+        for s in self.steps:
+            t.add_row(s["step"], s["unit"], str(s["in"]), str(s["dropped"]), str(s["out"]),
+                      s.get("note", ""))
+        return t
+
+
+def run_curate(run: Run) -> dict[str, Any]:
+    cfg = run.cfg
+    rows = read_generate_rows(run)
+    test_texts = read_test_texts(run) if cfg.decontam.enabled else []
+    funnel = Funnel()
+    rejects: list[Rejected] = []
+
+    # 1. row filters, each counted
+    kept_rows = rows
+    filter_counts: dict[str, int] = {}
+    for f in build_row_filters(cfg.filters, cfg.task):
+        n_in = len(kept_rows)
+        kept_rows, rej, counts = apply_row_filters(kept_rows, [f])
+        rejects += rej
+        filter_counts.update(counts)
+        funnel.add(f"filter: {f.name}", "rows", n_in, counts[f.name])
+
+    # 2. agreement vote over the n samples of each example
+    n_by_example = Counter(r["example_id"] for r in rows)
+    examples, rej = vote_all(kept_rows, n_by_example, cfg.task, cfg.filters.min_agreement)
+    rejects += rej
+    vote_counts = Counter(r.filter for r in rej)
+    n_examples_in = len({r["example_id"] for r in kept_rows})
+    n_after_vote = len(examples)
+    funnel.add("vote: agreement", "examples", n_examples_in, n_examples_in - len(examples),
+               note=", ".join(f"{k} rows {v}" for k, v in sorted(vote_counts.items())))
+
+    # 3-4. exact and near dedup, against this run and the persistent index
+    dedup_summary, examples, index_update = _dedup(run, examples, rows, rejects, funnel)
+
+    # 5. decontamination against the held-out test set
+    decontam_dropped = 0
+    if cfg.decontam.enabled:
+        fields = [[e.text if f == "prompt" else e.target for e in examples]
+                  for f in cfg.decontam.fields]
+        hits = {i: ("decontam", d) for i, d in
+                _contaminated(fields, test_texts, cfg.decontam).items()}
+        n_in = len(examples)
+        examples, rej = _drop_examples(examples, hits)
+        rejects += rej
+        decontam_dropped = len(hits)
+        funnel.add("decontamination", "examples", n_in, decontam_dropped,
+                   note=f"{cfg.decontam.method} vs {len(test_texts)} test rows")
+
+    out_dir = run.stage_dir("curate")
+    with atomic_outputs(out_dir / "rejects.parquet", out_dir / "train.parquet") as (rej_tmp, tr_tmp):
+        _write_rejects(rejects, rej_tmp)
+        _write_train(examples, tr_tmp)
+    index_path = index_update.commit(examples)  # after the outputs: see distill/dedup_index.py
+
+    summary = {
+        "rows_in": len(rows),
+        "examples_in": len(n_by_example),
+        "filters": filter_counts,
+        "rows_after_filters": len(kept_rows),
+        "vote": {"examples_in": n_examples_in, "examples_kept": n_after_vote,
+                 "rows_dropped": dict(vote_counts)},
+        "dedup": dedup_summary,
+        "decontam": {"enabled": cfg.decontam.enabled, "method": cfg.decontam.method,
+                     "dropped": decontam_dropped, "test_rows": len(test_texts)},
+        "examples_out": len(examples),
+        "rejected_rows": len(rejects),
+        "mean_agreement": _mean([e.agreement for e in examples]),
+        "index": str(index_path) if index_path else None,
+        "funnel": funnel.steps,
+    }
+    console.print(funnel.table(f"curation funnel: {len(rows)} rows -> {len(examples)} examples"))
+    return summary
+
+
+def _contaminated(fields, test_texts, dcfg):
+    from distill.decontam import contaminated
+
+    return contaminated(fields, test_texts, dcfg)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+def _dedup(run: Run, examples: list[Example], rows, rejects: list[Rejected], funnel: Funnel):
+    """Exact then near dedup. Returns (summary, kept examples, the pending index update)."""
+    from distill import dedup as dd
+    from distill.dedup_index import IndexedDocs
+
+    cfg = run.cfg.dedup
+    summary: dict[str, Any] = {"exact_dropped": 0, "near_dropped": 0, "dropped_total": 0}
+    if not (cfg.exact or cfg.near):
+        return summary, examples, IndexUpdate()
+    index = dd.open_index(cfg, run.dir / "dedup_index")
+    segment = _segment_id(rows)
+    old = index.load(exclude=segment)
+    params, cand = dd.resolve_params(cfg)
+    summary.update(index_dir=str(index.root), indexed_before=len(old), segment=segment)
+
+    if cfg.exact:
+        texts = [_dedup_text(e, cfg.fields) for e in examples]
+        chars = np.array([len(t) for t in texts], dtype=np.int64)
+        indexed = dict(zip(old.exact, old.keys))
+        _, dropped = dd.exact_dedup(texts, [e.example_id for e in examples], chars, cfg.keep,
+                                    indexed)
+        n_in = len(examples)
+        examples, rej = _drop_examples(
+            examples, {d.index: ("exact_dup", f"{d.detail}: kept {d.kept_key}") for d in dropped})
+        rejects += rej
+        against = sum("indexed" in d.detail for d in dropped)
+        summary.update(exact_dropped=len(dropped), exact_against_index=against)
+        funnel.add("exact dedup", "examples", n_in, len(dropped),
+                   note=f"{against} against the index" if against else "")
+
+    texts = [_dedup_text(e, cfg.fields) for e in examples]
+    chars = np.array([len(t) for t in texts], dtype=np.int64)
+    keys = [e.example_id for e in examples]
+    if cfg.use_ray and texts:
+        dd.ensure_ray(run.cfg.ray.address, run.cfg.ray.num_cpus)
+        sigs = dd.signatures_ray(texts, params, cfg.batch_size)
+    else:
+        sigs = dd.signatures_local(texts, params)
+    new = IndexedDocs(keys, [dd.exact_key(t) for t in texts], sigs.bands, sigs.shingle_values,
+                      sigs.shingle_offsets, chars)
+    if cfg.near:
+        result = dd.near_dedup(new, sigs.sig, cfg.threshold, cfg.keep, old, cfg.verify)
+        drops = {d.index: ("near_dup", f"{d.detail}; kept {d.kept_key}") for d in result.dropped}
+        n_in = len(examples)
+        examples, rej = _drop_examples(examples, drops)
+        rejects += rej
+        keep_idx = np.array(sorted(set(range(n_in)) - set(drops)), dtype=np.int64)
+        new = new.take(keep_idx)
+        summary.update(near_dropped=len(drops), near_against_index=result.against_index,
+                       clusters=result.clusters, candidate_pairs=result.candidate_pairs,
+                       verified_pairs=result.verified_pairs, bands=params.bands,
+                       rows=params.rows, candidate_threshold=round(cand, 4),
+                       threshold=cfg.threshold)
+        funnel.add("near dedup", "examples", n_in, len(drops),
+                   note=f"{result.clusters} clusters, {result.candidate_pairs} candidates, "
+                        f"{result.verified_pairs} >= J {cfg.threshold}")
+    summary["dropped_total"] = summary["exact_dropped"] + summary["near_dropped"]
+    return summary, examples, IndexUpdate(index, segment, new)
+
+
+class IndexUpdate:
+    """The kept examples' signatures, added to the persistent index once outputs are written."""
+
+    def __init__(self, index=None, segment: str = "", docs=None):
+        self.index, self.segment, self.docs = index, segment, docs
+
+    def commit(self, final: list[Example]) -> Path | None:
+        if self.index is None:
+            return None
+        ids = {e.example_id for e in final}
+        keep = np.array([i for i, k in enumerate(self.docs.keys) if k in ids], dtype=np.int64)
+        return self.index.write(self.segment, self.docs.take(keep))

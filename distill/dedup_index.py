@@ -1,0 +1,152 @@
+"""The persistent dedup index: every example kept by an earlier curation, for later refreshes.
+
+Layout of `index_dir` (local disk, or any mounted shared filesystem):
+    meta.json                      MinHash/LSH parameters; a mismatching config refuses to load
+    segments/<segment_id>.parquet  one segment per curation: key, exact, bands, shingles, chars
+
+A segment is written tmp-then-rename, so a crash leaves either a whole segment or none. The
+segment id is derived from the curation's input (its row ids), so re-running the same curation
+replaces its own segment instead of deduplicating against itself; new data makes a new segment.
+One writer at a time: two curations writing one index concurrently are not coordinated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from distill.dedup_minhash import MinHashParams
+from distill.errors import ConfigError, DataError
+
+
+@dataclass
+class IndexedDocs:
+    """Documents already indexed (or about to be): parallel arrays."""
+
+    keys: list[str]
+    exact: list[str]
+    bands: np.ndarray  # (n, bands) uint64
+    shingle_values: np.ndarray  # uint32, concatenated per doc
+    shingle_offsets: np.ndarray  # int64, n + 1
+    chars: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def empty(cls, bands: int) -> IndexedDocs:
+        return cls([], [], np.zeros((0, bands), np.uint64), np.zeros(0, np.uint32),
+                   np.zeros(1, np.int64), np.zeros(0, np.int64))
+
+    def take(self, idx: np.ndarray) -> IndexedDocs:
+        idx = np.asarray(idx, dtype=np.int64)
+        lens = np.diff(self.shingle_offsets)[idx]
+        parts = [self.shingle_values[self.shingle_offsets[i]:self.shingle_offsets[i + 1]] for i in idx]
+        return IndexedDocs(
+            [self.keys[i] for i in idx], [self.exact[i] for i in idx], self.bands[idx],
+            np.concatenate(parts) if parts else np.zeros(0, np.uint32),
+            np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), self.chars[idx],
+        )
+
+    @staticmethod
+    def concat(a: IndexedDocs, b: IndexedDocs) -> IndexedDocs:
+        return IndexedDocs(
+            a.keys + b.keys, a.exact + b.exact, np.concatenate([a.bands, b.bands]),
+            np.concatenate([a.shingle_values, b.shingle_values]),
+            np.concatenate([a.shingle_offsets, b.shingle_offsets[1:] + a.shingle_offsets[-1]]),
+            np.concatenate([a.chars, b.chars]),
+        )
+
+
+class DiskIndex:
+    """Segments of indexed documents under one folder; see the module docstring."""
+
+    def __init__(self, root: Path, params: MinHashParams, fields: list[str]):
+        self.root = Path(root)
+        self.params = params
+        self.meta = {**params.to_meta(), "fields": list(fields)}
+
+    @property
+    def segments_dir(self) -> Path:
+        return self.root / "segments"
+
+    def check_meta(self) -> None:
+        """Create meta.json, or refuse an index built with other parameters."""
+        path = self.root / "meta.json"
+        if not path.exists():
+            self.segments_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".meta.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.meta, indent=2))
+            os.replace(tmp, path)
+            return
+        try:
+            stored = json.loads(path.read_text())
+        except ValueError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc})") from None
+        diff = [f"dedup.{k}: index has {stored.get(k)!r}, config has {v!r}"
+                for k, v in self.meta.items() if stored.get(k) != v]
+        if diff:
+            raise ConfigError(str(path), diff + [
+                "an index only matches signatures made with the same parameters: "
+                "use these values, or a new dedup.index_dir"])
+
+    def segment_ids(self) -> list[str]:
+        if not self.segments_dir.exists():
+            return []
+        return sorted(p.stem for p in self.segments_dir.glob("*.parquet"))
+
+    def load(self, exclude: str | None = None) -> IndexedDocs:
+        """Every indexed document except those of segment `exclude` (the current curation's)."""
+        import pyarrow.parquet as pq
+
+        docs = IndexedDocs.empty(self.params.bands)
+        for seg in self.segment_ids():
+            if seg == exclude:
+                continue
+            path = self.segments_dir / f"{seg}.parquet"
+            try:
+                t = pq.read_table(path)
+                docs = IndexedDocs.concat(docs, _from_table(t, self.params.bands))
+            except Exception as exc:  # a torn or foreign file: name it rather than crash later
+                raise DataError(f"dedup index segment {path} is unreadable: {exc}") from None
+        return docs
+
+    def write(self, segment_id: str, docs: IndexedDocs) -> Path:
+        import pyarrow.parquet as pq
+
+        self.segments_dir.mkdir(parents=True, exist_ok=True)
+        path = self.segments_dir / f"{segment_id}.parquet"
+        tmp = path.with_name(f".{segment_id}.{os.getpid()}.tmp")
+        pq.write_table(_to_table(docs), tmp)
+        os.replace(tmp, path)
+        return path
+
+
+def _to_table(docs: IndexedDocs):
+    import pyarrow as pa
+
+    n, b = docs.bands.shape
+    bands = pa.FixedSizeListArray.from_arrays(pa.array(docs.bands.reshape(-1), pa.uint64()), b)
+    shingles = pa.ListArray.from_arrays(pa.array(docs.shingle_offsets.astype(np.int32)),
+                                        pa.array(docs.shingle_values, pa.uint32()))
+    return pa.table({"key": pa.array(docs.keys, pa.string()),
+                     "exact": pa.array(docs.exact, pa.string()),
+                     "bands": bands, "shingles": shingles,
+                     "chars": pa.array(docs.chars, pa.int64())})
+
+
+def _from_table(t, n_bands: int) -> IndexedDocs:
+    bands = t.column("bands").combine_chunks()
+    shingles = t.column("shingles").combine_chunks()
+    offsets = shingles.offsets.to_numpy().astype(np.int64)
+    values = shingles.values.to_numpy()[offsets[0]:offsets[-1]]
+    return IndexedDocs(
+        t.column("key").to_pylist(), t.column("exact").to_pylist(),
+        bands.values.to_numpy().reshape(-1, n_bands).astype(np.uint64),
+        values.astype(np.uint32), offsets - offsets[0],
+        t.column("chars").to_numpy().astype(np.int64),
+    )
