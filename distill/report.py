@@ -1,0 +1,292 @@
+"""The answer users come for: student vs teacher quality, latency and cost, and a verdict.
+
+Reads what eval, bench and curation wrote; computes nothing expensive. Writes report.json
+(machine-readable), report.md, and report.html (self-contained: plots are inline PNGs).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from distill.rundir import write_json_atomic
+
+MODELS = ("teacher", "student_base", "student_sft", "student_dpo")
+LABELS = {"teacher": "teacher", "student_base": "student (base, prompted)",
+          "student_sft": "student SFT", "student_dpo": "student SFT+DPO"}
+COLORS = {"teacher": "#4c72b0", "student_base": "#999999", "student_sft": "#dd8452",
+          "student_dpo": "#55a868"}
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def build_report(run_dir: Path, manifest: dict, quality_bar: float) -> dict[str, Any]:
+    """Merge eval and bench results into the report's one table, plus the verdict."""
+    evals = _read(run_dir / "eval" / "results.json")
+    bench = _read(run_dir / "bench" / "results.json")
+    main = evals.get("main_metric", "accuracy")
+    models: dict[str, dict] = {}
+    for name in MODELS:
+        quality = evals.get("models", {}).get(name)
+        speed = bench.get("models", {}).get(name, {})
+        if quality is None and not speed:
+            continue
+        row = {"main_metric": main, main: (quality or {}).get(main)}
+        row.update({k: v for k, v in (quality or {}).items() if k not in row})
+        for key in ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms",
+                    "tokens_per_s", "requests_per_s", "prompt_tokens_per_request",
+                    "completion_tokens_per_request", "cost_per_1k_requests",
+                    "cost_per_1m_tokens"):
+            row[key] = speed.get(key)
+        models[name] = row
+    summaries = manifest.get("summaries", {})
+    return {
+        "run_id": manifest.get("run_id"),
+        "task": manifest.get("config", {}).get("task", {}).get("name"),
+        "main_metric": main,
+        "models": models,
+        "verdict": verdict(models, main, quality_bar),
+        "funnel": _funnel(summaries),
+        "general_ability": evals.get("general_ability"),
+        "bench_settings": bench.get("settings"),
+        "stage_seconds": {k: v.get("seconds") for k, v in manifest.get("stages", {}).items()},
+    }
+
+
+def _value(row: dict | None, metric: str) -> float | None:
+    est = (row or {}).get(metric)
+    return est.get("value") if isinstance(est, dict) else est
+
+
+def verdict(models: dict[str, dict], metric: str, bar: float) -> dict[str, Any]:
+    """Does the best distilled student clear `bar` x the teacher's metric?"""
+    teacher = _value(models.get("teacher"), metric)
+    candidates = [(n, _value(models.get(n), metric)) for n in ("student_dpo", "student_sft")]
+    candidates = [(n, v) for n, v in candidates if v is not None]
+    if teacher is None or not candidates:
+        return {"passes": None, "text": "not enough results for a verdict (eval incomplete)"}
+    best, value = max(candidates, key=lambda c: c[1])
+    needed = bar * teacher
+    passes = value >= needed
+    out = {"passes": passes, "student": best, "student_metric": value, "teacher_metric": teacher,
+           "quality_bar": bar, "needed": needed, "ratio_to_teacher": value / teacher if teacher
+           else None}
+    t_lat = (models.get("teacher") or {}).get("latency_p50_ms")
+    s_lat = (models.get(best) or {}).get("latency_p50_ms")
+    if t_lat and s_lat:
+        out["latency_ratio"] = s_lat / t_lat
+    t_cost = (models.get("teacher") or {}).get("cost_per_1k_requests")
+    s_cost = (models.get(best) or {}).get("cost_per_1k_requests")
+    if t_cost and s_cost is not None:
+        out["cost_ratio"] = s_cost / t_cost
+    if passes:
+        out["ship"] = best
+        out["text"] = (f"Ship {LABELS[best]}: {metric} {value:.3f} clears the bar "
+                       f"({bar:.2f} x teacher {teacher:.3f} = {needed:.3f}).")
+    else:
+        out["ship"] = "student_base"
+        out["text"] = (f"{LABELS[best]} does not clear the bar: {metric} {value:.3f} < "
+                       f"{bar:.2f} x teacher {teacher:.3f} = {needed:.3f}. Ship the cheaper "
+                       "baseline (the base student, prompted) where its quality is acceptable, "
+                       "or keep serving the teacher.")
+    return out
+
+
+def _funnel(summaries: dict) -> list[dict]:
+    """Rows in -> kept, stage by stage, from the curation and pairs summaries."""
+    funnel = []
+    prompts = summaries.get("prompts", {})
+    if prompts:
+        funnel.append({"step": "train prompts", "rows": prompts.get("train_prompts")})
+    gen = summaries.get("generate", {})
+    if gen:
+        funnel.append({"step": "teacher completions", "rows": gen.get("completions")})
+    for step in summaries.get("curate", {}).get("funnel", []):
+        funnel.append(step)
+    pairs = summaries.get("pairs", {})
+    if pairs:
+        funnel.append({"step": "preference pairs", "rows": pairs.get("pairs")})
+    return funnel
+
+
+# --- plots ---------------------------------------------------------------------------------
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(report: dict, bench: dict) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models, metric, out = report["models"], report["main_metric"], {}
+    names = [n for n in MODELS if _value(models.get(n), metric) is not None]
+    if names:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        vals = [_value(models[n], metric) for n in names]
+        lows = [v - models[n][metric]["ci_low"] for v, n in zip(vals, names)]
+        highs = [models[n][metric]["ci_high"] - v for v, n in zip(vals, names)]
+        ax.bar([LABELS[n] for n in names], vals, yerr=[lows, highs], capsize=5,
+               color=[COLORS[n] for n in names])
+        if report["verdict"].get("needed"):
+            ax.axhline(report["verdict"]["needed"], ls="--", c="k", lw=1, label="quality bar")
+            ax.legend(loc="lower right")
+        ax.set_ylabel(f"{metric} (95% CI)")
+        ax.set_ylim(0, 1)
+        ax.set_title("Held-out quality")
+        ax.tick_params(axis="x", labelsize=8)
+        out["quality"] = _png(fig)
+        plt.close(fig)
+    lat = {n: m.get("latencies_ms") for n, m in bench.get("models", {}).items()
+           if m.get("latencies_ms")}
+    if lat:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        order = [n for n in MODELS if n in lat]
+        ax.boxplot([lat[n] for n in order], showfliers=True)
+        ax.set_xticks(range(1, len(order) + 1), [LABELS[n] for n in order], fontsize=8)
+        ax.set_ylabel("end-to-end latency (ms)")
+        ax.set_title("Latency per request at concurrency 1")
+        out["latency"] = _png(fig)
+        plt.close(fig)
+    costs = {n: models[n].get("cost_per_1k_requests") for n in MODELS
+             if n in models and models[n].get("cost_per_1k_requests") is not None}
+    if costs:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.bar([LABELS[n] for n in costs], list(costs.values()),
+               color=[COLORS[n] for n in costs])
+        ax.set_ylabel("USD per 1k requests")
+        ax.set_title("Cost per 1k requests")
+        ax.tick_params(axis="x", labelsize=8)
+        out["cost"] = _png(fig)
+        plt.close(fig)
+        both = [n for n in costs if _value(models.get(n), metric) is not None]
+        if both:
+            fig, ax = plt.subplots(figsize=(6, 3.2))
+            for n in both:
+                ax.scatter(costs[n], _value(models[n], metric), s=80, c=COLORS[n],
+                           label=LABELS[n])
+            ax.set_xlabel("USD per 1k requests")
+            ax.set_ylabel(metric)
+            ax.set_title("Quality vs cost")
+            ax.legend(fontsize=8)
+            out["quality_vs_cost"] = _png(fig)
+            plt.close(fig)
+    funnel = [f for f in report["funnel"] if f.get("rows") is not None]
+    if funnel:
+        fig, ax = plt.subplots(figsize=(6, 0.45 * len(funnel) + 1))
+        ax.barh([f["step"] for f in funnel][::-1], [f["rows"] for f in funnel][::-1],
+                color="#8172b3")
+        ax.set_xlabel("rows")
+        ax.set_title("Data funnel")
+        out["funnel"] = _png(fig)
+        plt.close(fig)
+    return out
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+COLUMNS = [("latency_p50_ms", "p50 ms", "{:.0f}"), ("latency_p95_ms", "p95 ms", "{:.0f}"),
+           ("ttft_p50_ms", "TTFT p50 ms", "{:.0f}"), ("tokens_per_s", "tokens/s", "{:.1f}"),
+           ("prompt_tokens_per_request", "prompt tok/req", "{:.0f}"),
+           ("cost_per_1k_requests", "$ / 1k req", "{:.4f}"),
+           ("cost_per_1m_tokens", "$ / 1M tok", "{:.3f}")]
+
+
+def _fmt(value, pattern: str) -> str:
+    return pattern.format(value) if isinstance(value, (int, float)) else "n/a"
+
+
+def _metric_cell(row: dict, metric: str) -> str:
+    est = row.get(metric)
+    if not isinstance(est, dict):
+        return "n/a"
+    return f"{est['value']:.3f} [{est['ci_low']:.3f}, {est['ci_high']:.3f}]"
+
+
+def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    metric = report["main_metric"]
+    header = ["model", f"{metric} (95% CI)"] + [c[1] for c in COLUMNS]
+    rows = []
+    for name, row in report["models"].items():
+        rows.append([LABELS[name], _metric_cell(row, metric)]
+                    + [_fmt(row.get(k), f) for k, _, f in COLUMNS])
+    return header, rows
+
+
+def render_markdown(report: dict) -> str:
+    header, rows = table_rows(report)
+    lines = [f"# distill report: {report['run_id']}", "", f"**Verdict:** {report['verdict']['text']}",
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if report["funnel"]:
+        lines += ["", "## Data funnel", "", "| step | rows |", "|---|---|"]
+        lines += [f"| {f['step']} | {f.get('rows')} |" for f in report["funnel"]]
+    return "\n".join(lines) + "\n"
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>distill report {run_id}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 14px; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+.verdict {{ padding: 12px 16px; border-radius: 6px; font-size: 16px; }}
+.pass {{ background: #e6f4ea; border: 1px solid #55a868; }}
+.fail {{ background: #fdecea; border: 1px solid #c44e52; }}
+.plots img {{ max-width: 470px; margin: 4px; border: 1px solid #eee; }}
+</style></head><body>
+<h1>distill report</h1>
+<p>run <code>{run_id}</code>, task <code>{task}</code></p>
+<div id="verdict" class="verdict {verdict_class}"><b>Verdict:</b> {verdict}</div>
+<h2>Teacher vs student</h2>
+{table}
+<div class="plots">{images}</div>
+<h2>Data funnel</h2>
+{funnel}
+</body></html>
+"""
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(report: dict, images: dict[str, str]) -> str:
+    header, rows = table_rows(report)
+    imgs = "".join(f'<img alt="{name}" src="data:image/png;base64,{data}">'
+                   for name, data in images.items())
+    funnel = _html_table(["step", "rows"], [[f["step"], str(f.get("rows"))]
+                                            for f in report["funnel"]])
+    passes = report["verdict"].get("passes")
+    return PAGE.format(run_id=html.escape(str(report["run_id"])),
+                       task=html.escape(str(report["task"])),
+                       verdict=html.escape(report["verdict"]["text"]),
+                       verdict_class="pass" if passes else "fail",
+                       table=_html_table(header, rows), images=imgs, funnel=funnel)
+
+
+def run_report(run) -> dict:
+    """Stage `report`: write report/{report.json, report.md, report.html}."""
+    out = run.stage_dir("report")
+    report = build_report(run.dir, run.manifest, run.cfg.eval.quality_bar)
+    images = plots(report, _read(run.dir / "bench" / "results.json"))
+    write_json_atomic(out / "report.json", report)
+    (out / "report.md").write_text(render_markdown(report))
+    (out / "report.html").write_text(render_html(report, images))
+    return {"verdict": report["verdict"].get("text"), "passes": report["verdict"].get("passes"),
+            "html": str(out / "report.html"), "plots": sorted(images)}

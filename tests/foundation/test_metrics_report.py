@@ -1,0 +1,70 @@
+"""Metrics with bootstrap CIs, and the report's verdict logic (pure functions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill import metrics
+from distill.report import build_report, render_html, render_markdown, verdict
+
+
+def test_accuracy_and_macro_f1_by_hand():
+    gold = ["pos", "pos", "neg", "neg"]
+    pred = ["pos", "neg", "neg", None]  # None: unparseable answer
+    assert metrics.accuracy(pred, gold) == 0.5
+    # pos: tp1 fp0 fn1 -> 2/3; neg: tp1 fp1 fn1 -> 1/2
+    assert metrics.macro_f1(pred, gold, ["pos", "neg"]) == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_rouge_l_and_exact_match():
+    assert metrics.rouge_l("the cat sat", "the cat sat") == 1.0
+    # LCS("the cat", "the big cat") = 2: P = 1, R = 2/3
+    assert metrics.rouge_l("the cat", "the big cat") == pytest.approx(0.8)
+    assert metrics.rouge_l("dog", "cat") == 0.0
+    assert metrics.exact_match(["Hello  World"], ["hello world"]) == 1.0
+    assert metrics.json_valid(['{"a": 1}', "{nope"]) == 0.5
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_shrinks_with_n():
+    small = metrics.bootstrap(metrics.accuracy, [1, 0] * 10, [1] * 20, resamples=500)
+    large = metrics.bootstrap(metrics.accuracy, [1, 0] * 500, [1] * 1000, resamples=500)
+    for est in (small, large):
+        assert est.ci_low <= est.value == 0.5 <= est.ci_high
+    assert (large.ci_high - large.ci_low) < (small.ci_high - small.ci_low) / 3
+
+
+def _est(v):
+    return {"value": v, "ci_low": v - 0.02, "ci_high": v + 0.02}
+
+
+def test_verdict_passes_and_fails_against_the_bar():
+    models = {"teacher": {"accuracy": _est(0.86), "latency_p50_ms": 300.0},
+              "student_sft": {"accuracy": _est(0.80), "latency_p50_ms": 60.0},
+              "student_dpo": {"accuracy": _est(0.83), "latency_p50_ms": 61.0}}
+    v = verdict(models, "accuracy", 0.95)
+    assert v["passes"] and v["student"] == "student_dpo" and v["ship"] == "student_dpo"
+    assert v["latency_ratio"] == pytest.approx(61 / 300)
+    v = verdict(models, "accuracy", 0.99)
+    assert not v["passes"] and v["ship"] == "student_base"
+    assert "does not clear the bar" in v["text"]
+    assert verdict({"teacher": {"accuracy": _est(0.9)}}, "accuracy", 0.9)["passes"] is None
+
+
+def test_report_renders_from_stage_outputs(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text(json.dumps({
+        "main_metric": "accuracy",
+        "models": {"teacher": {"accuracy": _est(0.86)}, "student_dpo": {"accuracy": _est(0.84)}},
+    }))
+    manifest = {"run_id": "r1", "config": {"task": {"name": "t"}},
+                "summaries": {"prompts": {"train_prompts": 100},
+                              "generate": {"completions": 300}}}
+    report = build_report(tmp_path, manifest, 0.95)
+    assert report["verdict"]["passes"]
+    assert [f["rows"] for f in report["funnel"]] == [100, 300]
+    md = render_markdown(report)
+    assert "| student SFT+DPO | 0.840 [0.820, 0.860]" in md
+    page = render_html(report, {"quality": "AAAA"})
+    assert 'id="verdict"' in page and "data:image/png;base64,AAAA" in page
