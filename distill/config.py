@@ -161,10 +161,20 @@ class DedupConfig(Section):
     shingle: Literal["word", "char"] = "word"
     ngram: int = Field(3, gt=0)
     num_perm: int = Field(128, gt=0)
-    threshold: float = Field(0.8, gt=0, le=1)
-    bands: int | None = Field(None, gt=0)
-    rows: int | None = Field(None, gt=0)
-    keep: Literal["first", "longest", "shortest"] = "first"
+    threshold: float = Field(0.8, gt=0, le=1, description="exact Jaccard that makes a duplicate")
+    candidate_threshold: float | None = Field(
+        None, gt=0, le=1,
+        description="LSH threshold for candidate pairs (each then confirmed against threshold); "
+        "None = threshold - 0.2, so pairs just above threshold are not missed")
+    verify: Literal["exact", "estimate"] = Field(
+        "exact", description="confirm candidates by exact Jaccard of shingles, or MinHash estimate")
+    bands: int | None = Field(None, gt=0, description="LSH bands; None = chosen for candidate_threshold")
+    rows: int | None = Field(None, gt=0, description="LSH rows per band (with bands)")
+    seed: int = Field(1, description="MinHash permutation seed (part of the index parameters)")
+    batch_size: int = Field(2048, gt=0, description="documents per Ray Data signature batch")
+    use_ray: bool = Field(True, description="signatures in Ray Data map_batches; False: in process")
+    keep: Literal["first", "longest", "shortest"] = Field(
+        "first", description="which document of a cluster is kept; indexed ones always win")
     index_dir: Path | None = Field(None, description="persistent index; default <run>/dedup_index")
     storage: Literal["disk", "redis"] = "disk"
     redis_url: str | None = None
@@ -181,7 +191,9 @@ class DedupConfig(Section):
 class DecontamConfig(Section):
     enabled: bool = True
     method: Literal["ngram", "minhash"] = "ngram"
-    ngram: int = Field(8, gt=0)
+    fields: list[Literal["prompt", "completion"]] = Field(
+        default_factory=lambda: ["prompt", "completion"], description="what must not overlap the test set")
+    ngram: int = Field(8, gt=0, description="word n-gram size (a shorter text must match whole)")
     threshold: float = Field(0.8, gt=0, le=1, description="minhash method only")
 
 
@@ -193,6 +205,12 @@ class PairsConfig(Section):
     judge_rubric: str | None = None
     rule: str | None = Field(None, description="rule scorer: name of a built-in rule")
     on_policy: bool = Field(False, description="rejected = the student's own wrong answers")
+    synthesize_rejected: bool = Field(
+        True, description="classification: when every sample is right, reject a wrong label "
+        "(origin label_swap)")
+    normalize_answers: bool = Field(
+        True, description="classification: chosen/rejected as normalised labels, like SFT targets")
+    judge_max_tokens: int = Field(8, gt=0, description="judge scorer: tokens for the score")
 
 
 # --- student -------------------------------------------------------------------------------
