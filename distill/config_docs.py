@@ -6,8 +6,10 @@ test keeps the two in sync.
 
 from __future__ import annotations
 
+import sys
 import types
 import typing
+from pathlib import Path
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -74,5 +76,18 @@ def render() -> str:
     return "\n".join(out)
 
 
+def sync_readme(path: Path) -> bool:
+    """Rewrite the reference between the markers; returns whether anything changed."""
+    text = path.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{render()}\n{END}{tail}"
+    path.write_text(new)
+    return new != text
+
+
 if __name__ == "__main__":
-    print(render())
+    if sys.argv[1:2] == ["--write"]:
+        sync_readme(Path(sys.argv[2] if len(sys.argv) > 2 else "README.md"))
+    else:
+        print(render())

@@ -121,3 +121,10 @@ def test_cli_show_resolves_defaults():
     shown = yaml.safe_load(proc.stdout)
     assert shown["dedup"]["num_perm"] == 128  # a default, not in the file
     assert shown["generation"]["n"] == 3
+
+
+def test_readme_config_reference_is_in_sync():
+    from distill.config_docs import BEGIN, END, render
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert block == render().strip(), "run: python -m distill.config_docs --write README.md"
