@@ -1,0 +1,364 @@
+"""Preference pairs for DPO: (prompt, chosen, rejected) with a minimum score margin.
+
+Every teacher sample of a curated example is scored; the best and worst distinct answers make
+a pair when their scores differ by at least `pairs.min_margin` (ties are dropped). Scorers:
+- verifier: 1 if the answer equals the reference (gold label when present, else the majority
+  vote in curate/train.parquet), else 0 (json: 0.25 for valid JSON that differs);
+- judge: a callable (text, completion) -> score in [0, 1]; `build_judge` makes one from the
+  teacher on vLLM with a rubric prompt, and any callable can be passed to `make_pairs`;
+- rule: a built-in rule by name (`RULES`).
+Classification tasks where all samples agree would give no pair; `synthesize_rejected` then
+pairs the answer with a wrong label from the label set (origin "label_swap"). On-policy pairs
+(rejected = the student's own wrong answer) come from `make_on_policy_pairs`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from rich.console import Console
+
+from distill.config import PairsConfig, TaskConfig
+from distill.errors import ConfigError, DistillError, StageNotReadyError
+from distill.labels import canonical_json, normalize_label
+from distill.rundir import Run
+
+console = Console()
+
+Scorer = Callable[[str, str], float]  # (prompt text, completion) -> score; the judge API
+ExampleScorer = Callable[[dict[str, Any], str], float]  # (example row, completion) -> score
+
+PAIR_COLUMNS = ("example_id", "text", "chosen", "rejected", "chosen_score", "rejected_score",
+                "margin", "origin")
+
+
+# --- scorers ---------------------------------------------------------------------------------
+
+
+def reference(example: dict[str, Any]) -> str | None:
+    """What a verifier checks against: the gold label if known, else the curated target."""
+    return example.get("label") or example.get("target")
+
+
+def verifier(task: TaskConfig) -> ExampleScorer:
+    if task.type == "free_text":
+        raise ConfigError("config", ["pairs.scorer: verifier needs a classification or json task; "
+                                     "use judge or rule for free text"])
+    if task.type == "classification":
+        labels = list(task.labels or [])
+
+        def score_label(example: dict[str, Any], completion: str) -> float:
+            ref = normalize_label(reference(example), labels)
+            return float(ref is not None and normalize_label(completion, labels) == ref)
+        return score_label
+
+    def score_json(example: dict[str, Any], completion: str) -> float:
+        got = canonical_json(completion)
+        if got is None:
+            return 0.0
+        return 1.0 if got == canonical_json(reference(example) or "") else 0.25
+    return score_json
+
+
+def _rule_valid_answer(task: TaskConfig) -> ExampleScorer:
+    def score(example: dict[str, Any], completion: str) -> float:
+        if task.type == "classification":
+            return float(normalize_label(completion, task.labels or []) is not None)
+        if task.type == "json":
+            return float(canonical_json(completion) is not None)
+        return float(bool(completion.strip()))
+    return score
+
+
+def _rule_exact_format(task: TaskConfig) -> ExampleScorer:
+    """1: the answer and nothing else; 0.5: a valid answer with extra text; 0: no answer."""
+    valid = _rule_valid_answer(task)
+
+    def score(example: dict[str, Any], completion: str) -> float:
+        if not valid(example, completion):
+            return 0.0
+        bare = completion.strip().strip(".!").casefold()
+        if task.type == "classification":
+            return 1.0 if bare in {label.casefold() for label in task.labels or []} else 0.5
+        return 1.0 if task.type == "json" else 0.5
+    return score
+
+
+RULES: dict[str, Callable[[TaskConfig], ExampleScorer]] = {
+    "valid_answer": _rule_valid_answer,
+    "exact_format": _rule_exact_format,
+}
+
+DEFAULT_RUBRIC = (
+    "You are grading an answer to a task.\n\nTask input:\n{text}\n\nAnswer:\n{completion}\n\n"
+    "Is the answer correct, complete and in the requested format? Reply with one integer from "
+    "0 (wrong) to 10 (perfect) and nothing else."
+)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+class JudgeScorer:
+    """Teacher-as-judge: renders the rubric, asks `chat`, parses the first number / 10.
+
+    `chat` takes a list of chat-message lists and returns one reply text each, so a batch of
+    completions is judged in one engine call.
+    """
+
+    def __init__(self, chat: Callable[[list[list[dict[str, str]]]], list[str]],
+                 rubric: str | None = None, scale: float = 10.0):
+        self.chat = chat
+        self.rubric = rubric or DEFAULT_RUBRIC
+        self.scale = scale
+        if "{completion}" not in self.rubric:
+            raise ConfigError("config", ["pairs.judge_rubric must contain {completion}"])
+
+    def messages(self, text: str, completion: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.rubric.format(text=text, completion=completion)}]
+
+    def parse(self, reply: str) -> float:
+        m = _NUMBER.search(reply or "")
+        return min(max(float(m.group(0)) / self.scale, 0.0), 1.0) if m else 0.0
+
+    def score_batch(self, items: Sequence[tuple[str, str]]) -> list[float]:
+        replies = self.chat([self.messages(t, c) for t, c in items])
+        return [self.parse(r) for r in replies]
+
+    def __call__(self, text: str, completion: str) -> float:
+        return self.score_batch([(text, completion)])[0]
+
+
+def build_judge(run: Run) -> JudgeScorer:
+    """The teacher as judge, on vLLM, loaded only when `pairs.scorer: judge`.
+
+    Expects `teachers.vllm_engine.VLLMGenerator.from_config(cfg)` with
+    `.chat(list_of_message_lists, max_tokens=..., temperature=...) -> list[str]`.
+    """
+    try:
+        from teachers.vllm_engine import VLLMGenerator
+    except ImportError as exc:
+        raise DistillError(f"pairs.scorer=judge needs teachers.vllm_engine ({exc})") from None
+    gen = VLLMGenerator.from_config(run.cfg)
+    max_tokens = run.cfg.pairs.judge_max_tokens
+    return JudgeScorer(lambda msgs: gen.chat(msgs, max_tokens=max_tokens, temperature=0.0),
+                       run.cfg.pairs.judge_rubric)
+
+
+def example_scorer(cfg: PairsConfig, task: TaskConfig, judge: Scorer | None = None) -> ExampleScorer:
+    if cfg.scorer == "verifier":
+        return verifier(task)
+    if cfg.scorer == "rule":
+        if cfg.rule not in RULES:
+            raise ConfigError("config", [f"pairs.rule: {cfg.rule!r} is not one of {sorted(RULES)}"])
+        return RULES[cfg.rule](task)
+    if judge is None:
+        raise ConfigError("config", ["pairs.scorer: judge needs a judge callable"])
+    return lambda example, completion: judge(example["text"], completion)
+
+
+# --- pairs -----------------------------------------------------------------------------------
+
+
+@dataclass
+class PairStats:
+    examples: int = 0
+    ties: int = 0  # every distinct answer scored the same
+    below_margin: int = 0  # best - worst < min_margin
+    teacher: int = 0
+    label_swap: int = 0
+
+
+def _display(completion: str, task: TaskConfig, normalize: bool) -> str:
+    """How an answer appears in a pair: the bare label when normalising, like SFT targets."""
+    if normalize and task.type == "classification":
+        label = normalize_label(completion, task.labels or [])
+        if label is not None:
+            return label
+    return completion.strip()
+
+
+def _swap_label(answer: str, right: str, wrong: str) -> str:
+    """`answer` with the label `right` replaced by `wrong`, keeping its capitalisation."""
+    def repl(m: re.Match) -> str:
+        word = m.group(0)
+        if word.isupper():
+            return wrong.upper()
+        return wrong.capitalize() if word[:1].isupper() else wrong
+    swapped, n = re.subn(re.escape(right), repl, answer, count=1, flags=re.IGNORECASE)
+    return swapped if n else wrong
+
+
+def _wrong_label(example_id: str, right: str, labels: list[str]) -> str | None:
+    others = [label for label in labels if label.casefold() != right.casefold()]
+    if not others:
+        return None
+    return others[int(hashlib.sha256(example_id.encode()).hexdigest(), 16) % len(others)]
+
+
+def pair_row(example: dict[str, Any], chosen: str, rejected: str, cs: float, rs: float,
+             origin: str) -> dict[str, Any]:
+    return {"example_id": example["example_id"], "text": example["text"], "chosen": chosen,
+            "rejected": rejected, "chosen_score": float(cs), "rejected_score": float(rs),
+            "margin": round(float(cs - rs), 6), "origin": origin}
+
+
+def pairs_for_example(
+    example: dict[str, Any], completions: Sequence[str], scores: Sequence[float], task: TaskConfig,
+    cfg: PairsConfig, score: ExampleScorer, stats: PairStats,
+) -> list[dict[str, Any]]:
+    """The pairs of one example from its scored samples (see the module docstring)."""
+    stats.examples += 1
+    by_answer: dict[str, list[float]] = {}
+    for c, s in zip(completions, scores):
+        by_answer.setdefault(_display(c, task, cfg.normalize_answers), []).append(float(s))
+    ranked = sorted(((sum(v) / len(v), a) for a, v in by_answer.items() if a), reverse=True)
+    combos = sorted(
+        ((hi[0] - lo[0], hi, lo) for i, hi in enumerate(ranked) for lo in ranked[i + 1:]
+         if hi[0] > lo[0]),
+        key=lambda t: -t[0],
+    )
+    good = [(m, hi, lo) for m, hi, lo in combos if m >= cfg.min_margin]
+    out = [pair_row(example, hi[1], lo[1], hi[0], lo[0], "teacher")
+           for _, hi, lo in good[: cfg.max_pairs_per_prompt]]
+    stats.teacher += len(out)
+    if out:
+        return out
+    if combos:
+        stats.below_margin += 1
+    else:
+        stats.ties += 1
+    if cfg.synthesize_rejected and task.type == "classification" and ranked:
+        swap = _label_swap(example, ranked[0], task, cfg, score)
+        if swap:
+            stats.label_swap += 1
+            return [swap]
+    return []
+
+
+def _label_swap(example, best: tuple[float, str], task: TaskConfig, cfg: PairsConfig,
+                score: ExampleScorer) -> dict[str, Any] | None:
+    best_score, answer = best
+    right = normalize_label(answer, task.labels or [])
+    wrong = _wrong_label(example["example_id"], right, list(task.labels or [])) if right else None
+    if wrong is None:
+        return None
+    rejected = _swap_label(answer, right, wrong)
+    rejected_score = score(example, rejected)
+    if best_score - rejected_score < max(cfg.min_margin, 1e-9):
+        return None
+    return pair_row(example, answer, rejected, best_score, rejected_score, "label_swap")
+
+
+def make_on_policy_pairs(
+    examples: Sequence[dict[str, Any]], student_answers: Sequence[str] | dict[str, Any],
+    task: TaskConfig, cfg: PairsConfig | None = None, score: ExampleScorer | None = None,
+) -> list[dict[str, Any]]:
+    """Pairs whose rejected side is the student's own wrong answer (origin "on_policy").
+
+    `examples` are curated rows (example_id, text, label, target); `student_answers` is a list
+    aligned with them, or a dict example_id -> answer or list of answers. The chosen side is the
+    curated target. A pair needs target score - student score >= min_margin.
+    """
+    cfg = cfg or PairsConfig()
+    score = score or verifier(task)
+    if not isinstance(student_answers, dict):
+        if len(student_answers) != len(examples):
+            raise ValueError(f"{len(student_answers)} student answers for {len(examples)} examples")
+        student_answers = {e["example_id"]: a for e, a in zip(examples, student_answers)}
+    out: list[dict[str, Any]] = []
+    for ex in examples:
+        answers = student_answers.get(ex["example_id"])
+        if answers is None:
+            continue
+        chosen = _display(ex["target"], task, cfg.normalize_answers)
+        cs = score(ex, chosen)
+        seen: set[str] = set()
+        for ans in [answers] if isinstance(answers, str) else answers:
+            rejected = _display(ans, task, cfg.normalize_answers)
+            if rejected in seen or rejected == chosen:
+                continue
+            seen.add(rejected)
+            rs = score(ex, rejected)
+            if cs - rs >= max(cfg.min_margin, 1e-9):
+                out.append(pair_row(ex, chosen, rejected, cs, rs, "on_policy"))
+    return out
+
+
+def length_bias(pairs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Do chosen answers win by being longer? DPO learns that bias too if it is there."""
+    pairs = list(pairs)
+    if not pairs:
+        return {"pairs": 0}
+    c = [len(p["chosen"]) for p in pairs]
+    r = [len(p["rejected"]) for p in pairs]
+    return {
+        "pairs": len(pairs),
+        "mean_chosen_chars": round(sum(c) / len(c), 2),
+        "mean_rejected_chars": round(sum(r) / len(r), 2),
+        "mean_diff_chars": round((sum(c) - sum(r)) / len(c), 2),
+        "frac_chosen_longer": round(sum(a > b for a, b in zip(c, r)) / len(c), 4),
+        "frac_same_length": round(sum(a == b for a, b in zip(c, r)) / len(c), 4),
+    }
+
+
+def make_pairs(examples: Sequence[dict[str, Any]], samples: dict[str, list[str]], task: TaskConfig,
+               cfg: PairsConfig, score: ExampleScorer,
+               batch_score: Callable[[list[tuple[str, str]]], list[float]] | None = None
+               ) -> tuple[list[dict[str, Any]], PairStats]:
+    """Teacher pairs for every example from its samples (example_id -> completions)."""
+    stats = PairStats()
+    pairs: list[dict[str, Any]] = []
+    for ex in examples:
+        comps = samples.get(ex["example_id"], [])
+        if batch_score is not None:
+            scores = batch_score([(ex["text"], c) for c in comps])
+        else:
+            scores = [score(ex, c) for c in comps]
+        pairs += pairs_for_example(ex, comps, scores, task, cfg, score, stats)
+    return pairs, stats
+
+
+# --- the stage -------------------------------------------------------------------------------
+
+
+def run_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distill.curate import atomic_outputs, read_generate_rows
+
+    cfg, task = run.cfg.pairs, run.cfg.task
+    train_path = run.dir / "curate" / "train.parquet"
+    if not train_path.exists():
+        raise StageNotReadyError(f"pairs need {train_path}: run `distill curate` first")
+    examples = pq.read_table(train_path).to_pylist()
+    samples: dict[str, list[str]] = {}
+    for row in read_generate_rows(run):
+        samples.setdefault(row["example_id"], []).append(row["completion"])
+    batch_score = None
+    if cfg.scorer == "judge" and judge is None:
+        judge = build_judge(run)
+    if cfg.scorer == "judge" and hasattr(judge, "score_batch"):
+        batch_score = judge.score_batch
+    score = example_scorer(cfg, task, judge)
+    pairs, stats = make_pairs(examples, samples, task, cfg, score, batch_score)
+
+    path = run.stage_dir("pairs") / "pairs.parquet"
+    schema = pa.schema([(c, pa.float64() if c.endswith("score") or c == "margin" else pa.string())
+                        for c in PAIR_COLUMNS])
+    with atomic_outputs(path) as (tmp,):
+        pq.write_table(pa.Table.from_pylist(pairs, schema=schema), tmp)
+    summary = {
+        "examples": stats.examples, "pairs": len(pairs), "scorer": cfg.scorer,
+        "min_margin": cfg.min_margin,
+        "by_origin": {"teacher": stats.teacher, "label_swap": stats.label_swap},
+        "ties_dropped": stats.ties, "below_margin": stats.below_margin,
+        "length_bias": length_bias(pairs),
+    }
+    console.print(f"pairs: {len(pairs)} from {stats.examples} examples "
+                  f"(teacher {stats.teacher}, label_swap {stats.label_swap}; ties {stats.ties}, "
+                  f"below margin {stats.below_margin}); length bias "
+                  f"{summary['length_bias'].get('mean_diff_chars', 0)} chars")
+    return summary
