@@ -7,7 +7,7 @@ STAMP := $(VENV)/.distill-installed
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test install models clean-runs
+.PHONY: demo test install models browser clean-runs
 
 $(STAMP): pyproject.toml requirements-assets.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ models: install
 demo: install
 	$(VENV)/bin/distill run configs/quickstart.yaml
 
-test: install
+# The report test opens the HTML page in a real headless Chromium (Debian's package).
+browser:
+	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; } \
+	  || echo "warning: could not install chromium; the report browser test will fail"
+
+test: install browser
 	$(VENV)/bin/python -m pytest tests
 
 clean-runs:

@@ -114,6 +114,9 @@ class TeacherConfig(Section):
     dtype: str = "auto"
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM")
     endpoint: EndpointConfig | None = None
+    max_restarts: int = Field(
+        3, ge=0, description="Ray restarts of a crashed engine actor; its batch is retried"
+    )
 
     @model_validator(mode="after")
     def _endpoint_for_openai(self) -> TeacherConfig:
@@ -225,9 +228,17 @@ class LoraConfig(Section):
 
 class StudentConfig(Section):
     model: str = Field(..., description="packaged:NAME, a local HF folder, or a hub id")
-    quantization: Literal["none", "nf4", "int8"] = "nf4"
-    double_quant: bool = True
+    quantization: Literal["none", "nf4", "int8"] = Field(
+        "nf4", description="base weights: nf4 = QLoRA (4-bit), int8, none = plain LoRA"
+    )
+    double_quant: bool = Field(True, description="nf4 only: quantize the quantization constants")
     max_seq_len: int = Field(512, gt=0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="compute/weights dtype; auto: bfloat16 on a GPU, float32 on a CPU"
+    )
+    attn_implementation: str | None = Field(
+        None, description="e.g. sdpa, eager, flash_attention_2; None: transformers' default"
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
@@ -245,40 +256,72 @@ class TrainConfig(Section):
     logging_steps: int = Field(5, gt=0)
     gradient_checkpointing: bool = False
     workers: int = Field(1, gt=0, description=">1: Ray Train TorchTrainer with N workers")
+    save_total_limit: int = Field(2, gt=0, description="checkpoints kept under <stage>/checkpoints")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    resume: bool = Field(True, description="continue from the last checkpoint in the run dir")
+    cpus_per_worker: float = Field(1.0, gt=0, description="Ray Train: CPUs per worker")
 
 
 class SFTConfig(TrainConfig):
-    packing: bool = False
+    packing: bool = Field(False, description="pack examples into max_seq_len blocks, padding-free")
+    packing_strategy: Literal["bfd", "wrapped"] = Field(
+        "bfd", description="bfd keeps examples whole (block-diagonal attention); wrapped cuts them"
+    )
+    group_by_length: bool = Field(
+        True, description="no packing: batch examples of similar length (less padding)"
+    )
     val_fraction: float = Field(0.05, ge=0, lt=1)
 
 
 class DPOConfig(TrainConfig):
     learning_rate: float = Field(5e-5, gt=0)
     beta: float = Field(0.1, gt=0)
-    loss_type: str = "sigmoid"
+    loss_type: str = Field("sigmoid", description="TRL DPO loss: sigmoid, ipo, hinge, robust, ...")
+    precompute_ref: bool = Field(
+        False, description="reference log-probs computed once before training (saves compute)"
+    )
 
 
 class ExportConfig(Section):
     merged: bool = Field(False, description="also write a merged full-precision model")
+    merged_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype of the merged model's weights"
+    )
 
 
 # --- evaluation, benchmark, cost -----------------------------------------------------------
 
 
+class GeneralPrompt(Section):
+    """A broad prompt whose answer must contain one of `expect` (case-insensitive)."""
+
+    prompt: str
+    expect: list[str] = Field(..., min_length=1)
+
+
 class EvalConfig(Section):
-    max_examples: int | None = Field(None, gt=0)
+    """Held-out quality of teacher, base student, SFT and DPO students."""
+
+    max_examples: int | None = Field(None, gt=0, description="cap on held-out rows; None = all")
     bootstrap: int = Field(1000, gt=0, description="resamples for the 95% CI")
     quality_bar: float = Field(
         0.95, gt=0, description="student passes if metric >= quality_bar * teacher's"
     )
-    general_prompts: list[str] | None = Field(None, description="forgetting check; None = built-in")
-    max_tokens: int = Field(16, gt=0)
+    general_prompts: list[GeneralPrompt] | None = Field(
+        None, description="forgetting check on the students; None = built-in list"
+    )
+    max_tokens: int = Field(16, gt=0, description="answer length for the task prompts")
 
 
 class BenchConfig(Section):
-    requests: int = Field(64, gt=0)
-    concurrency: int = Field(8, gt=0)
-    max_tokens: int = Field(16, gt=0)
+    """Latency and throughput of teacher and students, served by the same engine."""
+
+    enabled: bool = True
+    requests: int = Field(64, gt=0, description="requests per model and concurrency level")
+    concurrency: int = Field(8, gt=0, description="the higher concurrency for throughput")
+    max_tokens: int = Field(16, gt=0, description="completion length per request")
 
 
 class PriceConfig(Section):
@@ -307,6 +350,20 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, gt=0, description="local Ray only")
 
 
+class RefreshConfig(Section):
+    """`distill refresh`: an incremental cycle on new prompts, promoted only if not worse."""
+
+    retrain_from: Literal["scratch", "previous"] = Field(
+        "scratch", description="scratch: train the base student on every version's curated data; "
+        "previous: a new adapter on the promoted student's merged model, new data only")
+    tolerance: float = Field(
+        0.01, ge=0, description="promote if main metric >= promoted's - tolerance (absolute)")
+    min_new_prompts: int = Field(
+        1, gt=0, description="fewer new prompts than this: no new version, nothing runs")
+    max_new_prompts: int | None = Field(
+        None, gt=0, description="cap per refresh (the rest waits for the next); None = all")
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -330,6 +387,7 @@ class RunConfig(Section):
     bench: BenchConfig = Field(default_factory=BenchConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    refresh: RefreshConfig = Field(default_factory=RefreshConfig)
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved config, defaults filled in, as plain JSON types."""

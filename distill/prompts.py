@@ -18,12 +18,15 @@ def _user_turn(task: TaskConfig, instruction: str, text: str) -> str:
     return task.template.format(instruction=instruction, input=text).strip()
 
 
-def teacher_messages(task: TaskConfig, text: str) -> list[Message]:
-    """System prompt, few-shot turns, then the instruction with the input."""
+def teacher_messages(task: TaskConfig, text: str, few_shot: bool = True) -> list[Message]:
+    """System prompt, few-shot turns, then the instruction with the input.
+
+    `few_shot=False` gives the zero-shot prompt an untuned model is evaluated with.
+    """
     messages: list[Message] = []
     if task.system_prompt:
         messages.append({"role": "system", "content": task.system_prompt})
-    for shot in task.few_shot:
+    for shot in task.few_shot if few_shot else ():
         messages.append({"role": "user", "content": _user_turn(task, task.instruction, shot.input)})
         messages.append({"role": "assistant", "content": shot.output})
     messages.append({"role": "user", "content": _user_turn(task, task.instruction, text)})

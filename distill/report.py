@@ -255,6 +255,15 @@ th:first-child, td:first-child {{ text-align: left; }}
 <div class="plots">{images}</div>
 <h2>Data funnel</h2>
 {funnel}
+<script>
+// Mark images that failed to load, and record the count (headless checks read it).
+window.addEventListener("load", () => {{
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0);
+  imgs.filter(i => !ok.includes(i)).forEach(i => i.replaceWith("[plot failed to load]"));
+  document.body.dataset.imagesLoaded = ok.length + "/" + imgs.length;
+}});
+</script>
 </body></html>
 """
 

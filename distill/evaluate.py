@@ -1,0 +1,144 @@
+"""Stage `eval`: held-out quality of teacher, base student, SFT student and SFT+DPO student.
+
+All four answer the same held-out rows, greedily, through the same engine interface; each is
+scored with the task's metrics and a bootstrap 95% CI. The students also answer a few broad
+prompts, so forgetting shows up next to the task gain. Each contender's answers are saved as
+soon as they exist, so a crash in the middle resumes without re-running the finished ones.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distill import metrics
+from distill.config import GeneralPrompt, RunConfig, TaskConfig
+from distill.data import read_examples
+from distill.errors import StageNotReadyError
+from distill.labels import canonical_json, normalize_label
+from distill.prompts import Message, student_messages, teacher_messages
+from distill.rundir import write_json_atomic
+
+GENERAL_PROMPTS = [
+    GeneralPrompt(prompt="What is the capital of France? Answer in one word.", expect=["paris"]),
+    GeneralPrompt(prompt="What is 2 + 3? Answer with a number.", expect=["5", "five"]),
+    GeneralPrompt(prompt="Which planet is the largest in our solar system?", expect=["jupiter"]),
+    GeneralPrompt(prompt="What colour is the sky on a clear day?", expect=["blue"]),
+    GeneralPrompt(prompt="How many days are there in a week?", expect=["7", "seven"]),
+    GeneralPrompt(prompt="Who wrote Romeo and Juliet?", expect=["shakespeare"]),
+    GeneralPrompt(prompt="What is the opposite of hot?", expect=["cold"]),
+    GeneralPrompt(prompt="What do bees make?", expect=["honey"]),
+]
+MAIN_METRIC = {"classification": "accuracy", "free_text": "rouge_l", "json": "json_valid"}
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    role: str  # teacher | student
+    adapter: Path | None
+    prompt: Callable[[TaskConfig, str], list[Message]]
+
+
+def contenders(run) -> list[Contender]:
+    """Teacher and base student always; SFT / DPO students where their adapters exist."""
+    out = [
+        Contender("teacher", "teacher", None, teacher_messages),
+        Contender("student_base", "student", None,
+                  lambda task, text: teacher_messages(task, text, few_shot=False)),
+    ]
+    for stage, name in (("sft", "student_sft"), ("dpo", "student_dpo")):
+        adapter = run.dir / stage / "adapter"
+        if (adapter / "adapter_config.json").is_file():
+            out.append(Contender(name, "student", adapter, student_messages))
+    return out
+
+
+def score(task: TaskConfig, answers: list[str], gold: list[str], resamples: int,
+          seed: int) -> tuple[dict[str, dict], list]:
+    """The task's metrics with CIs, plus the parsed answers."""
+    if task.type == "classification":
+        labels = task.labels or []
+        parsed = [normalize_label(a, labels) for a in answers]
+        fns = {"accuracy": metrics.accuracy,
+               "macro_f1": lambda p, g: metrics.macro_f1(p, g, labels)}
+    elif task.type == "json":
+        parsed = [canonical_json(a) for a in answers]
+        fns = {"json_valid": lambda p, g: sum(x is not None for x in p) / max(len(p), 1),
+               "exact_match": lambda p, g: metrics.accuracy(p, [canonical_json(x) or x
+                                                                 for x in g])}
+    else:
+        parsed = answers
+        fns = {"rouge_l": metrics.mean_rouge_l, "exact_match": metrics.exact_match}
+    scores = {name: metrics.bootstrap(fn, parsed, gold, resamples, seed).to_dict()
+              for name, fn in fns.items()}
+    return scores, parsed
+
+
+def general_ability(answers: list[str], prompts: list[GeneralPrompt]) -> float:
+    hits = [any(e.lower() in a.lower() for e in p.expect) for a, p in zip(answers, prompts)]
+    return sum(hits) / len(hits) if hits else 0.0
+
+
+def _answers(run, contender: Contender, message_lists: list[list[Message]],
+             max_tokens: int) -> list[str]:
+    from distill.engines import open_generator
+    from teachers.base import SamplingSpec
+
+    sampling = SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens, seed=run.cfg.seed)
+    with open_generator(run.cfg, contender.role, adapter=contender.adapter) as generator:
+        completions = generator.generate(message_lists, sampling)
+    return [c.text if c.ok else "" for c in completions]
+
+
+def _cached(path: Path, compute: Callable[[], dict]) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    write_json_atomic(path, result)
+    return result
+
+
+def run_eval(run) -> dict:
+    cfg: RunConfig = run.cfg
+    test_path = run.dir / "prompts" / "test.parquet"
+    if not test_path.exists():
+        raise StageNotReadyError("eval needs prompts/test.parquet: run `distill prompts` first")
+    examples = read_examples(test_path)[: cfg.eval.max_examples]
+    general = cfg.eval.general_prompts or GENERAL_PROMPTS
+    out = run.stage_dir("eval")
+    answers: dict[str, dict] = {}
+    for c in contenders(run):
+        def compute(c=c) -> dict:
+            task = [c.prompt(cfg.task, ex.text) for ex in examples]
+            result = {"task": _answers(run, c, task, cfg.eval.max_tokens)}
+            if c.role == "student":
+                chats = [[{"role": "user", "content": p.prompt}] for p in general]
+                result["general"] = _answers(run, c, chats, 32)
+            return result
+        answers[c.name] = _cached(out / f"answers_{c.name}.json", compute)
+
+    gold = [ex.label for ex in examples]
+    reference = "gold"
+    if any(g is None for g in gold):
+        gold, reference = answers["teacher"]["task"], "teacher"  # no gold: agreement w/ teacher
+    results, rows = {}, []
+    for name, ans in answers.items():
+        scores, parsed = score(cfg.task, ans["task"], gold, cfg.eval.bootstrap, cfg.seed)
+        results[name] = scores
+        rows += [{"example_id": ex.example_id, "model": name, "answer": a, "parsed": p,
+                  "gold": g} for ex, a, p, g in zip(examples, ans["task"], parsed, gold)]
+    pq.write_table(pa.Table.from_pylist(rows), out / "predictions.parquet")
+    general_scores = {name: general_ability(a["general"], general)
+                      for name, a in answers.items() if "general" in a}
+    summary = {"main_metric": MAIN_METRIC[cfg.task.type], "reference": reference,
+               "examples": len(examples), "models": results, "general_ability": general_scores}
+    write_json_atomic(out / "results.json", summary)
+    return {"examples": len(examples), "main_metric": summary["main_metric"],
+            **{name: r[summary["main_metric"]]["value"] for name, r in results.items()},
+            "general_ability": general_scores}

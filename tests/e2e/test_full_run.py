@@ -1,0 +1,88 @@
+"""A shrunken full run, end to end through the CLI, and its report in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ("teacher", "student_base", "student_sft", "student_dpo")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    cfg = yaml.safe_load((ROOT / "configs" / "tiny_cpu.yaml").read_text())
+    cfg["output_dir"] = str(out)
+    path = out.parent / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=1500)
+    assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-4000:])
+    assert "not built yet" not in proc.stdout
+    return out
+
+
+@pytest.mark.slow
+def test_full_run_writes_every_stage_and_the_report(tiny_run):
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert all(s["status"] == "done" for s in manifest["stages"].values())
+    assert len(manifest["stages"]) == 10
+    report = json.loads((tiny_run / "report" / "report.json").read_text())
+    for name in MODELS:
+        row = report["models"][name]
+        assert 0.0 <= row["accuracy"]["ci_low"] <= row["accuracy"]["value"] \
+            <= row["accuracy"]["ci_high"] <= 1.0
+        for key in ("latency_p50_ms", "latency_p95_ms", "tokens_per_s", "cost_per_1k_requests"):
+            assert row[key] is not None and row[key] > 0, (name, key)
+        assert row["latency_p95_ms"] >= row["latency_p50_ms"]
+    assert report["verdict"]["passes"] in (True, False)
+    assert report["verdict"]["text"]
+    # The distilled student is served with the short prompt: fewer prompt tokens per request.
+    assert report["models"]["student_dpo"]["prompt_tokens_per_request"] \
+        < report["models"]["teacher"]["prompt_tokens_per_request"]
+
+
+@pytest.mark.slow
+def test_rerun_skips_completed_stages(tiny_run):
+    cfg = tiny_run.parent / "tiny.yaml"
+    proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(cfg)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("already done, skipped") == 10
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+def test_report_page_renders_in_headless_chromium(tiny_run, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI: `make test` installs it (make browser)")
+        pytest.skip("chromium not installed (make browser installs it)")
+    page = tiny_run / "report" / "report.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=120).stdout
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
+    assert loaded, dom[:2000]
+    ok, total = map(int, loaded.groups())
+    assert total >= 4 and ok == total
+    assert "Verdict:" in dom and "plot failed to load" not in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, "--window-size=1100,1800", f"--screenshot={shot}",
+                    page.as_uri()], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 10_000
