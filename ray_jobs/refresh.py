@@ -1,0 +1,406 @@
+"""`distill refresh`: one incremental cycle on a growing prompt source.
+
+1. prompts   the source is read again; new prompts = all - the held-out set of the first run
+             (fixed, never re-split) - every prompt an earlier version or the first run sent to
+             the teacher. Fewer than refresh.min_new_prompts: no version is made, nothing runs.
+2. generate  the teacher stage, on the new prompts only            (refresh/vN/data/)
+3. curate    filters + dedup against the persistent index (everything kept before) + decontam
+4. assemble  the version's training set: every version's curated data (retrain_from: scratch)
+             or only this one's (previous: a new adapter on the promoted student's merged model)
+5. train     pairs, sft, dpo, export, eval on the same held-out set  (refresh/vN/train/)
+6. gate      promote if main metric >= promoted's - refresh.tolerance, else keep the promoted one
+
+Each step is recorded in the manifest of its run dir, so a refresh that died half-way resumes
+the same version when rerun (finished steps are skipped); promoted.json changes only in step 6.
+The stages run through `stage_runner` (default `distill.pipeline.run_stage`), so the cycle is
+the same code whichever stages are plugged in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from distill.config import RunConfig
+from distill.errors import ConfigError, DistillError, StageNotReadyError
+from distill.rundir import Run
+from ray_jobs import versions as V
+
+console = Console()
+
+StageRunner = Callable[[Run, str], "dict | None"]
+DATA_STAGES = ("generate", "curate")
+TRAIN_STAGES = ("pairs", "sft", "dpo", "export", "eval")
+STUDENTS = ("student_dpo", "student_sft")  # eval/results.json names, best first
+
+
+@dataclass
+class RefreshResult:
+    version: str | None
+    status: str  # promoted | kept | nothing_new
+    new_prompts: int
+    reason: str
+    candidate: float | None = None
+    current: float | None = None
+    metric: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- small helpers ---------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def own_step(run: Run, name: str, func: Callable[[], dict]) -> dict:
+    """A refresh step recorded like a stage: skipped when done (resume), summary kept."""
+    if run.is_done(name):
+        console.print(f"[dim]{name}: already done, skipped (resume)[/dim]")
+        return run.manifest["summaries"].get(name, {})
+    with run.stage(name):
+        summary = func() or {}
+        run.record_summary(name, summary)
+    return summary
+
+
+def index_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.dedup.index_dir or Path(cfg.output_dir) / "dedup_index")
+
+
+def derived_config(cfg: RunConfig, output_dir: Path, **updates: Any) -> RunConfig:
+    """The config of a version's run dir: same run, its own folder, the shared dedup index."""
+    data = cfg.resolved()
+    data["output_dir"] = str(output_dir)
+    data["dedup"]["index_dir"] = str(index_dir(cfg))
+    for dotted, value in updates.items():
+        target = data
+        *parents, last = dotted.split("__")
+        for p in parents:
+            target = target[p]
+        target[last] = value
+    return RunConfig.model_validate(data)
+
+
+def _read_ids(path: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return set()
+    return set(pq.read_table(path, columns=["example_id"]).column("example_id").to_pylist())
+
+
+# --- 1. prompts ------------------------------------------------------------------------------
+
+
+def seen_prompt_ids(base: Path, exclude: Path | None = None) -> set[str]:
+    """Every prompt the first run or an earlier version sent to the teacher."""
+    seen = _read_ids(base / "prompts" / "train.parquet")
+    for _, vdir in V.versions(base):
+        if exclude is None or vdir.resolve() != exclude.resolve():
+            seen |= _read_ids(vdir / "data" / "prompts" / "train.parquet")
+    return seen
+
+
+def select_new_prompts(cfg: RunConfig, exclude: Path | None = None) -> list:
+    """New prompts in source order: never sent to the teacher, not in the held-out set."""
+    from distill.data import collect, load_rows
+
+    base = Path(cfg.output_dir)
+    examples, _bad, _dups = collect(load_rows(cfg), cfg.data.on_bad_row)
+    skip = _read_ids(base / "prompts" / "test.parquet") | seen_prompt_ids(base, exclude)
+    new = [e for e in examples if e.example_id not in skip]
+    if cfg.refresh.max_new_prompts is not None:
+        new = new[: cfg.refresh.max_new_prompts]
+    return new
+
+
+def write_version_prompts(run: Run, cfg: RunConfig, new: list | None) -> dict:
+    from distill.data import write_examples
+
+    base = Path(cfg.output_dir)
+    if new is None:  # resuming a version whose prompts step never finished
+        new = select_new_prompts(cfg, exclude=run.dir.parent)
+    out = run.stage_dir("prompts")
+    shutil.copyfile(base / "prompts" / "test.parquet", out / "test.parquet")  # same held-out set
+    write_examples(out / "train.parquet", new)
+    ids = sorted(e.example_id for e in new)
+    return {"new_prompts": len(new), "new_prompt_ids_sha256": _ids_sha(ids),
+            "test_sha256": file_sha256(out / "test.parquet"),
+            "sources": sorted({e.source for e in new})}
+
+
+def _ids_sha(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+# --- 4. assemble -----------------------------------------------------------------------------
+
+
+def data_versions(base: Path, upto: Path, retrain_from: str) -> list[tuple[str, Path]]:
+    """(version, run dir holding prompts/generate/curate) whose data trains this version."""
+    this = (upto.name, upto / "data")
+    if retrain_from == "previous":
+        return [this]
+    found = [(V.BASE_VERSION, base)]
+    for _, vdir in V.versions(base):
+        if vdir.resolve() == upto.resolve():
+            break
+        if (vdir / "data" / "curate" / "train.parquet").exists():
+            found.append((vdir.name, vdir / "data"))
+    return found + [this]
+
+
+def assemble(train_run: Run, base: Path, sources: list[tuple[str, Path]]) -> dict:
+    """Write the training run's inputs: held-out set, curated union, the teacher rows behind it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from distill.curate import atomic_outputs
+
+    prompts = train_run.stage_dir("prompts")
+    shutil.copyfile(base / "prompts" / "test.parquet", prompts / "test.parquet")
+    curated, prompt_tables, per_version = [], [], {}
+    for name, d in sources:
+        path = d / "curate" / "train.parquet"
+        if not path.exists():
+            raise StageNotReadyError(f"{path} missing: version {name}'s curation did not finish")
+        table = pq.read_table(path)
+        curated.append(table)
+        prompt_tables.append(pq.read_table(d / "prompts" / "train.parquet"))
+        per_version[name] = table.num_rows
+    union = pa.concat_tables(curated, promote_options="default")
+    keep = pa.array(sorted(set(union.column("example_id").to_pylist())))
+    shards = train_run.stage_dir("generate") / "shards"
+    shards.mkdir(exist_ok=True)
+    for old in shards.glob("*.parquet"):
+        old.unlink()  # a resumed assemble rewrites the whole set
+    for name, d in sources:
+        rows = [pq.read_table(p) for p in sorted((d / "generate" / "shards").glob("*.parquet"))]
+        if rows:
+            t = pa.concat_tables(rows, promote_options="default")
+            pq.write_table(t.filter(pc.is_in(t.column("example_id"), value_set=keep)),
+                           shards / f"{name}.parquet")
+    curate_dir = train_run.stage_dir("curate")
+    with atomic_outputs(curate_dir / "train.parquet", prompts / "train.parquet") as (tr, pr):
+        pq.write_table(union, tr)
+        pq.write_table(pa.concat_tables(prompt_tables, promote_options="default"), pr)
+    return {"versions": per_version, "examples": union.num_rows,
+            "dataset_sha256": file_sha256(curate_dir / "train.parquet"),
+            "test_sha256": file_sha256(prompts / "test.parquet")}
+
+
+# --- 6. gate ---------------------------------------------------------------------------------
+
+
+def _value(entry: Any, metric: str) -> float | None:
+    v = entry.get(metric) if isinstance(entry, dict) else None
+    if isinstance(v, dict):  # {"value": .., "ci": [..]} style
+        v = v.get("value", v.get("mean"))
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def student_record(base: Path, version: str) -> dict[str, Any] | None:
+    """The best trained student of a version and its held-out metric, or None if not evaluated."""
+    d = V.model_dir(base, version)
+    results = V.read_json(d / "eval" / "results.json")
+    if not results:
+        return None
+    metric = results.get("main_metric", "accuracy")
+    for name in STUDENTS:
+        stage = name.removeprefix("student_")
+        value = _value(results.get("models", {}).get(name), metric)
+        adapter = d / stage / "adapter"
+        if value is not None and adapter.is_dir():
+            manifest = V.read_json(d / "manifest.json") or {}
+            merged = d / "export" / "merged"
+            return {
+                "version": version, "run_dir": str(d), "student": name, "adapter": str(adapter),
+                "base_model": manifest.get("config", {}).get("student", {}).get("model"),
+                "merged_model": str(merged) if merged.is_dir() else None,
+                "metric": metric, "value": value,
+            }
+    return None
+
+
+def current_promoted(base: Path) -> dict[str, Any] | None:
+    """promoted.json; on the first refresh, the first run's student if it was evaluated."""
+    promoted = V.read_promoted(base)
+    if promoted is None and (first := student_record(base, V.BASE_VERSION)) is not None:
+        promoted = V.promote(base, first, "the first run's student (before any refresh)")
+    return promoted
+
+
+def gate(candidate: dict | None, current: dict | None, tolerance: float) -> tuple[bool, str]:
+    if candidate is None:
+        return False, "the new student has no held-out metric (eval did not produce one)"
+    if current is None:
+        return True, "no promoted student yet"
+    if candidate["metric"] != current["metric"]:
+        raise DistillError(f"cannot compare {candidate['metric']} with the promoted student's "
+                           f"{current['metric']}: the task's main metric changed")
+    cand, cur = candidate["value"], current["value"]
+    if cand >= cur - tolerance:
+        return True, f"{cand:.4f} >= {cur:.4f} - tolerance {tolerance}"
+    return False, f"{cand:.4f} < {cur:.4f} - tolerance {tolerance}: kept {current['version']}"
+
+
+# --- the cycle -------------------------------------------------------------------------------
+
+
+def unfinished_version(base: Path) -> Path | None:
+    """The newest version if it never reached the gate (a refresh that died half-way)."""
+    found = V.versions(base)
+    if found and V.lineage(found[-1][1]).get("status") == "running":
+        return found[-1][1]
+    return None
+
+
+def _check_built(stages: tuple[str, ...]) -> None:
+    from distill.pipeline import is_built, stage_by_name
+
+    missing = [s for s in stages if not is_built(stage_by_name(s))]
+    if missing:
+        raise StageNotReadyError(f"refresh needs the stages {', '.join(missing)}, "
+                                 "which are not built in this installation")
+
+
+def train_config(cfg: RunConfig, vdir: Path, parent: dict | None) -> RunConfig:
+    if cfg.refresh.retrain_from == "scratch":
+        return derived_config(cfg, vdir / "train")
+    merged = (parent or {}).get("merged_model")
+    if not merged or not Path(merged).is_dir():
+        where = parent["run_dir"] if parent else cfg.output_dir
+        raise ConfigError("refresh.retrain_from", [
+            "previous: the promoted student has no merged model to continue from; set "
+            f"export.merged: true and run `distill export CONFIG --force` on {where}, or use "
+            "refresh.retrain_from: scratch"])
+    # The previous student, merged, is the new base; the version writes its own merged model.
+    return derived_config(cfg, vdir / "train", student__model=str(merged), export__merged=True)
+
+
+def refresh(cfg: RunConfig, stage_runner: StageRunner | None = None) -> RefreshResult:
+    """One refresh cycle (or the resumption of an unfinished one). See the module docstring."""
+    if stage_runner is None:
+        from distill.pipeline import run_stage
+
+        _check_built(DATA_STAGES + TRAIN_STAGES)
+        stage_runner = run_stage
+    base = Path(cfg.output_dir)
+    if not (base / "prompts" / "test.parquet").exists():
+        raise StageNotReadyError(f"{base}: no first run to refresh (its held-out set "
+                                 "prompts/test.parquet is fixed by `distill run CONFIG` first)")
+    vdir, new = unfinished_version(base), None
+    if vdir is None:
+        new = select_new_prompts(cfg)
+        if len(new) < cfg.refresh.min_new_prompts:
+            reason = f"{len(new)} new prompt(s) < refresh.min_new_prompts={cfg.refresh.min_new_prompts}"
+            console.print(f"[yellow]nothing to refresh: {reason}[/yellow]")
+            return RefreshResult(None, "nothing_new", len(new), reason)
+        parent = current_promoted(base)
+        n = V.versions(base)[-1][0] + 1 if V.versions(base) else 1
+        vdir = V.refresh_root(base) / V.version_name(n)
+        vdir.mkdir(parents=True)
+        V.save_lineage(vdir, {
+            "version": vdir.name, "status": "running", "created": V.now(),
+            "parent": parent["version"] if parent else None,
+            "retrain_from": cfg.refresh.retrain_from, "config_hash": cfg.config_hash()})
+    console.rule(f"[bold]refresh {vdir.name}[/bold]")
+    record = V.lineage(vdir)
+    try:
+        return _cycle(cfg, base, vdir, record, new, stage_runner)
+    except BaseException as exc:
+        record["last_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        V.save_lineage(vdir, record)
+        raise
+
+
+def _cycle(cfg, base, vdir, record, new, stage_runner) -> RefreshResult:
+    data_run = Run(derived_config(cfg, vdir / "data"))
+    prompts = own_step(data_run, "prompts", lambda: write_version_prompts(data_run, cfg, new))
+    record.update(new_prompts=prompts["new_prompts"],
+                  new_prompt_ids_sha256=prompts["new_prompt_ids_sha256"],
+                  test_sha256=prompts["test_sha256"], sources=prompts["sources"])
+    V.save_lineage(vdir, record)
+    for name in DATA_STAGES:
+        stage_runner(data_run, name)
+
+    parent = student_record(base, record["parent"]) if record.get("parent") else None
+    train_run = Run(train_config(cfg, vdir, parent))
+    sources = data_versions(base, vdir, cfg.refresh.retrain_from)
+    dataset = own_step(train_run, "assemble", lambda: assemble(train_run, base, sources))
+    record["dataset"] = dataset
+    V.save_lineage(vdir, record)
+    for name in TRAIN_STAGES:
+        stage_runner(train_run, name)
+
+    candidate = student_record(base, vdir.name)
+    current = V.read_promoted(base)
+    ok, reason = gate(candidate, current, cfg.refresh.tolerance)
+    if ok:
+        V.promote(base, candidate, reason)
+    record.update(status="promoted" if ok else "kept", finished=V.now(), candidate=candidate,
+                  gate={"promoted": ok, "reason": reason, "tolerance": cfg.refresh.tolerance,
+                        "against": current})
+    record.pop("last_error", None)
+    V.save_lineage(vdir, record)
+    style = "green" if ok else "yellow"
+    console.print(f"[{style}]{vdir.name}: {'promoted' if ok else 'not promoted'}: {reason}[/{style}]")
+    return RefreshResult(vdir.name, record["status"], record["new_prompts"], reason,
+                         candidate["value"] if candidate else None,
+                         current["value"] if current else None,
+                         (candidate or current or {}).get("metric"))
+
+
+def promote_version(cfg: RunConfig, version: str, reason: str = "manual promotion") -> dict:
+    """Point promoted.json at an evaluated version (a rollback is this, to an older one)."""
+    base = Path(cfg.output_dir)
+    record = student_record(base, version)
+    if record is None:
+        raise DistillError(f"{V.model_dir(base, version)}: version {version} has no evaluated "
+                           "student (eval/results.json and an adapter) to promote")
+    return V.promote(base, record, reason)
+
+
+def rollback(cfg: RunConfig) -> dict:
+    """Promote again the student that was promoted before the current one."""
+    base = Path(cfg.output_dir)
+    current = V.read_promoted(base)
+    if not current or not current.get("previous_version"):
+        raise DistillError(f"{V.promoted_path(base)}: no earlier promoted student to roll back to")
+    return promote_version(cfg, current["previous_version"],
+                           f"rollback from {current['version']}")
+
+
+def version_table(base: Path) -> list[dict[str, Any]]:
+    """One row per version for `distill refresh --list`."""
+    promoted = (V.read_promoted(base) or {}).get("version")
+    rows = []
+    first = student_record(base, V.BASE_VERSION)
+    if first or (base / "manifest.json").exists():
+        rows.append({"version": V.BASE_VERSION, "status": "first run", "new_prompts": None,
+                     "value": (first or {}).get("value"), "promoted": promoted == V.BASE_VERSION})
+    for _, vdir in V.versions(base):
+        rec = V.lineage(vdir)
+        rows.append({"version": vdir.name, "status": rec.get("status"),
+                     "new_prompts": rec.get("new_prompts"),
+                     "value": (rec.get("candidate") or {}).get("value"),
+                     "promoted": promoted == vdir.name})
+    return rows
+
+
+def dumps(result: RefreshResult) -> str:
+    return json.dumps(result.to_dict(), default=str)
