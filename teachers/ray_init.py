@@ -1,0 +1,18 @@
+"""Join the configured Ray cluster, or start a local one; shared by every Ray stage."""
+
+from __future__ import annotations
+
+from distill.config import RunConfig
+
+
+def ensure_ray(cfg: RunConfig):
+    """Use the running Ray if this process already has one (tests, notebooks), else connect
+    to `ray.address` (a cluster) or start a local Ray with `ray.num_cpus`. Returns the module."""
+    import ray
+
+    if not ray.is_initialized():
+        if cfg.ray.address:  # a cluster has its own resources; num_cpus is for a local Ray
+            ray.init(address=cfg.ray.address, include_dashboard=False)
+        else:
+            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    return ray

@@ -1,0 +1,107 @@
+"""Start `vllm serve` (an OpenAI-compatible server) for a model folder on 127.0.0.1.
+
+    with vllm_server(path, served_name="teacher") as base_url:   # http://127.0.0.1:PORT/v1
+        ...
+
+Used by the HTTP backend tests and by latency benchmarks (TTFT, p50/p95). The server runs in
+its own process group and is always stopped on exit, also when the body raises.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from distill.errors import DistillError
+from teachers.vllm_engine import CPU_DTYPE, CPU_ENGINE_DEFAULTS, has_gpu
+
+
+class ServerError(DistillError):
+    """`vllm serve` exited or did not become healthy in time."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command(model_path: str, port: int, *, served_name: str, max_model_len: int,
+                  dtype: str, lora_modules: dict[str, str] | None, max_lora_rank: int,
+                  extra_args: list[str]) -> list[str]:
+    vllm_bin = Path(sys.executable).with_name("vllm")
+    cmd = [str(vllm_bin) if vllm_bin.exists() else "vllm", "serve", model_path,
+           "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served_name,
+           "--max-model-len", str(max_model_len), "--seed", "0"]
+    if not has_gpu():
+        if CPU_ENGINE_DEFAULTS.get("enforce_eager"):
+            cmd.append("--enforce-eager")
+        if dtype == "auto":
+            dtype = CPU_DTYPE
+    cmd += ["--dtype", dtype]
+    if lora_modules:
+        cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--lora-modules"]
+        cmd += [f"{name}={path}" for name, path in lora_modules.items()]
+    return cmd + list(extra_args)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def vllm_server(model_path: str, *, served_name: str = "model", max_model_len: int = 2048,
+                dtype: str = "auto", lora_modules: dict[str, str] | None = None,
+                max_lora_rank: int = 16, extra_args: list[str] | None = None,
+                startup_timeout_s: float = 600.0, log_path: str | Path | None = None,
+                ) -> Iterator[str]:
+    """Yield the base URL (`http://127.0.0.1:PORT/v1`) of a healthy server; stop it on exit."""
+    port = free_port()
+    cmd = serve_command(model_path, port, served_name=served_name, max_model_len=max_model_len,
+                        dtype=dtype, lora_modules=lora_modules, max_lora_rank=max_lora_rank,
+                        extra_args=extra_args or [])
+    env = {**os.environ}
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while not _healthy(port):
+            if proc.poll() is not None:
+                where = f"; see {log_path}" if log_path else "; pass log_path to see its log"
+                raise ServerError(f"vllm serve exited with code {proc.returncode}{where}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"vllm serve not healthy after {startup_timeout_s:.0f}s")
+            time.sleep(1.0)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        _stop(proc)
+        if log is not subprocess.DEVNULL:
+            log.close()
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM the server's process group (API server, engine core, workers), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass

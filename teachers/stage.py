@@ -1,0 +1,311 @@
+"""The generate stage: teacher completions for every training prompt, resumable, on Ray Data.
+
+Resume contract: the prompts are cut, in input order, into shards of `generation.shard_size`;
+a shard's file name carries a hash of its prompt ids, and it is written tmp-then-rename only
+once all its prompts came back. A rerun skips every prompt id already present in a finished
+shard, so a killed job generates only what is missing and never writes a row twice.
+Prompts that fail (too long, engine or HTTP rejection) are quarantined to errors.jsonl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from distill.errors import ConfigError, StageNotReadyError
+from distill.prompts import teacher_messages, template_version
+from distill.rundir import Run
+from teachers.base import SamplingSpec, row_seed
+from teachers.cost import billed_units, estimate_cost
+from teachers.udf import ROW_SCHEMA, TeacherUDF
+
+FAULT_ENV = "DISTILL_FAULT_INJECT"  # tests only: JSON, see _fault_config()
+PROMPTS_SCHEMA = pa.schema([
+    ("prompt_id", pa.string()), ("example_id", pa.string()), ("text", pa.string()),
+    ("label", pa.string()), ("messages", pa.string()), ("seed", pa.int64()),
+    ("shard", pa.string()),
+])
+
+
+class FaultInjected(RuntimeError):
+    """Raised only by the test-only fault injection hook: simulates a killed driver."""
+
+
+@dataclass
+class Shard:
+    name: str  # file stem: shard-00003-<hash of its prompt ids>
+    rows: list[dict[str, Any]]
+
+
+def prompt_id(model_ref: str, template_ver: str, text: str, seed: int) -> str:
+    blob = json.dumps([model_ref, template_ver, text, seed]).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def sampling_spec(run: Run) -> SamplingSpec:
+    cfg, gen = run.cfg, run.cfg.generation
+    choices = schema = None
+    if gen.structured_output == "choice":
+        if not cfg.task.labels:
+            raise ConfigError("generation.structured_output", ["choice needs task.labels"])
+        choices = tuple(cfg.task.labels)
+    elif gen.structured_output == "json":
+        if cfg.task.json_schema is None:
+            raise ConfigError("generation.structured_output", ["json needs task.json_schema"])
+        schema = cfg.task.json_schema
+    return SamplingSpec(n=gen.n, temperature=gen.temperature, top_p=gen.top_p,
+                        max_tokens=gen.max_tokens, logprobs=gen.logprobs, choices=choices,
+                        json_schema=schema)
+
+
+def plan_shards(run: Run, model_ref: str) -> list[Shard]:
+    """Every training prompt with its id, seed and messages, cut into deterministic shards."""
+    path = run.dir / "prompts" / "train.parquet"
+    if not path.is_file():
+        raise StageNotReadyError(f"{path} not found: run the prompts stage first")
+    cfg = run.cfg
+    version = template_version(cfg.task)
+    rows, seen = [], set()
+    for rec in pq.read_table(path, columns=["example_id", "text", "label"]).to_pylist():
+        pid = prompt_id(model_ref, version, rec["text"], cfg.generation.seed)
+        if pid in seen:  # the same text twice would be the same rows twice
+            continue
+        seen.add(pid)
+        rows.append({
+            "prompt_id": pid, "example_id": rec["example_id"], "text": rec["text"],
+            "label": None if rec["label"] is None else str(rec["label"]),
+            "messages": json.dumps(teacher_messages(cfg.task, rec["text"])),
+            "seed": row_seed(cfg.generation.seed, pid),
+        })
+    size = cfg.generation.shard_size
+    shards = []
+    for k in range(math.ceil(len(rows) / size)):
+        chunk = rows[k * size:(k + 1) * size]
+        digest = hashlib.sha256("".join(r["prompt_id"] for r in chunk).encode()).hexdigest()[:10]
+        shards.append(Shard(f"shard-{k:05d}-{digest}", chunk))
+    return shards
+
+
+def finished_prompt_ids(shard_dir: Path) -> set[str]:
+    done: set[str] = set()
+    for f in sorted(shard_dir.glob("shard-*.parquet")):
+        done.update(pq.read_table(f, columns=["prompt_id"]).column(0).to_pylist())
+    for f in sorted((shard_dir.parent / "errors").glob("shard-*.jsonl")):
+        if (shard_dir / f"{f.stem}.parquet").exists():
+            done.update(json.loads(line)["prompt_id"] for line in f.read_text().splitlines())
+    return done
+
+
+def _fault_config() -> dict:
+    raw = os.environ.get(FAULT_ENV)
+    return json.loads(raw) if raw else {}
+
+
+def _model_record(run: Run) -> tuple[str, dict]:
+    """The path engines load, and what the manifest records (never an API key)."""
+    teacher = run.cfg.teacher
+    if teacher.backend == "openai":
+        ep = teacher.endpoint
+        return ep.model, {"ref": teacher.model, "kind": "endpoint", "path": ep.base_url,
+                          "endpoint_model": ep.model, "source_sha256": None}
+    from distill.models import resolve
+
+    resolved = resolve(teacher.model)
+    return resolved.path, resolved.to_manifest()
+
+
+def _actor_resources(run: Run) -> dict[str, Any]:
+    """One engine per actor: `tensor_parallel_size` GPUs each on a GPU cluster, none on CPU."""
+    teacher = run.cfg.teacher
+    gpus = 0
+    if teacher.backend != "openai":
+        from teachers.vllm_engine import has_gpu
+
+        cluster_gpus = __import__("ray").cluster_resources().get("GPU", 0)
+        if cluster_gpus or has_gpu():
+            gpus = teacher.tensor_parallel_size
+    return {"num_gpus": gpus, "num_cpus": teacher.cpus_per_replica,
+            "max_restarts": teacher.max_restarts, "max_task_retries": teacher.max_restarts}
+
+
+class ShardWriter:
+    """Collects a shard's rows as batches arrive; writes it once every prompt is back."""
+
+    def __init__(self, stage_dir: Path, pending: dict[str, list[dict]]):
+        self.shard_dir = stage_dir / "shards"
+        self.error_dir = stage_dir / "errors"
+        self.error_dir.mkdir(parents=True, exist_ok=True)
+        self.expected = {name: {r["prompt_id"] for r in rows} for name, rows in pending.items()}
+        self.order = {name: [r["prompt_id"] for r in rows] for name, rows in pending.items()}
+        self.parts: dict[str, list[pa.Table]] = {name: [] for name in pending}
+        self.seen: dict[str, set[str]] = {name: set() for name in pending}
+        self.written = 0
+
+    def add(self, batch: pa.Table) -> list[str]:
+        """Add a batch of UDF rows; returns the names of shards completed by it."""
+        done = []
+        for name in set(batch.column("shard").to_pylist()):
+            part = batch.filter(pc.equal(batch.column("shard"), name))
+            self.parts[name].append(part)
+            self.seen[name].update(part.column("prompt_id").to_pylist())
+            if self.seen[name] >= self.expected[name]:
+                self._write(name)
+                done.append(name)
+        return done
+
+    def _write(self, name: str) -> None:
+        table = pa.concat_tables(self.parts.pop(name))
+        rank = {pid: i for i, pid in enumerate(self.order[name])}
+        # Keyed by row_id: a batch delivered twice (a retried task) still lands once.
+        unique = {r["row_id"]: r for r in table.to_pylist()}
+        rows = sorted(unique.values(), key=lambda r: (rank[r["prompt_id"]], r["sample_index"]))
+        good = [r for r in rows if r["error"] is None]
+        errors = {r["prompt_id"]: r for r in rows if r["error"] is not None}
+        # Errors first, shard last: the shard's rename is the commit point of both files.
+        err_path = self.error_dir / f"{name}.jsonl"
+        _write_atomic(err_path, "".join(json.dumps(_error_record(r, name)) + "\n"
+                                        for r in errors.values()).encode())
+        out = pa.Table.from_pylist([{k: r[k] for k in ROW_SCHEMA.names} for r in good],
+                                   schema=ROW_SCHEMA)
+        tmp = self.shard_dir / f".{name}.parquet.tmp"
+        pq.write_table(out, tmp)
+        os.replace(tmp, self.shard_dir / f"{name}.parquet")
+        self.written += 1
+
+
+def _error_record(r: dict, shard: str) -> dict:
+    return {"prompt_id": r["prompt_id"], "example_id": r["example_id"],
+            "text": r["text"][:500], "text_chars": len(r["text"]), "reason": r["error"],
+            "prompt_tokens": r["prompt_tokens"], "backend": r["backend"], "model": r["model"],
+            "shard": shard}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _merge_errors(stage_dir: Path) -> int:
+    """errors.jsonl = the error files of finished shards (rebuilt, so never duplicated)."""
+    lines = []
+    for f in sorted((stage_dir / "errors").glob("shard-*.jsonl")):
+        if (stage_dir / "shards" / f"{f.stem}.parquet").exists():
+            lines.extend(f.read_text().splitlines())
+    _write_atomic(stage_dir / "errors.jsonl", "".join(x + "\n" for x in lines).encode())
+    return len(lines)
+
+
+def _totals(shard_dir: Path) -> tuple[int, int]:
+    prompts, rows = set(), 0
+    for f in shard_dir.glob("shard-*.parquet"):
+        t = pq.read_table(f, columns=["prompt_id"])
+        prompts.update(t.column(0).to_pylist())
+        rows += t.num_rows
+    return len(prompts), rows
+
+
+def run_generate(run: Run) -> dict:
+    """Generate teacher completions for prompts/train.parquet into generate/shards/."""
+    cfg = run.cfg
+    start = time.perf_counter()
+    sampling = sampling_spec(run)
+    model_path, model_info = _model_record(run)
+    shards = plan_shards(run, cfg.teacher.model)
+    run.record_model("teacher", model_info)
+    stage_dir = run.stage_dir("generate")
+    shard_dir = stage_dir / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+
+    done = finished_prompt_ids(shard_dir)
+    pending = {}
+    for s in shards:
+        if (shard_dir / f"{s.name}.parquet").exists():
+            continue
+        rows = [dict(r, shard=s.name) for r in s.rows if r["prompt_id"] not in done]
+        if rows:
+            pending[s.name] = rows
+    todo = sum(len(rows) for rows in pending.values())
+    resumed = sum(len(s.rows) for s in shards) - todo
+
+    stats = {"prompt_tokens": 0, "completion_tokens": 0, "errors": 0, "prompts": 0}
+    if pending:
+        _generate(run, pending, sampling, model_path, stage_dir, stats, todo)
+    n_errors = _merge_errors(stage_dir)
+    prompts_total, completions_total = _totals(shard_dir)
+    wall = time.perf_counter() - start
+    price = cfg.cost.teacher
+    units = billed_units(cfg.teacher.backend, cfg.teacher.replicas,
+                         cfg.teacher.tensor_parallel_size)
+    return {
+        "prompts": prompts_total, "completions": completions_total, "errors": n_errors,
+        "prompts_this_run": stats["prompts"], "resumed_prompts": resumed,
+        "prompt_tokens": stats["prompt_tokens"],
+        "completion_tokens": stats["completion_tokens"], "wall_s": round(wall, 2),
+        "tokens_per_s": round(stats["completion_tokens"] / wall, 2) if wall else 0.0,
+        "est_cost_usd": round(estimate_cost(price, wall, stats["prompt_tokens"],
+                                            stats["completion_tokens"], units), 6),
+        "backend": cfg.teacher.backend, "model": cfg.teacher.model,
+    }
+
+
+def _generate(run: Run, pending: dict[str, list[dict]], sampling: SamplingSpec, model_path: str,
+              stage_dir: Path, stats: dict, todo: int) -> None:
+    import ray.data
+    from tqdm.auto import tqdm
+
+    from teachers.ray_init import ensure_ray
+
+    cfg = run.cfg
+    ensure_ray(cfg)
+    fault = _fault_config()
+    table = pa.Table.from_pylist([r for rows in pending.values() for r in rows],
+                                 schema=PROMPTS_SCHEMA)
+    # One block per batch: each batch is one Ray task, so the actor pool shares the work and
+    # a crashed actor's retry redoes just that batch.
+    bs = cfg.teacher.batch_size
+    blocks = [table.slice(i, bs) for i in range(0, table.num_rows, bs)]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        TeacherUDF,
+        fn_constructor_kwargs={
+            "teacher": cfg.teacher.model_dump(mode="json"), "model_path": model_path,
+            "model_ref": cfg.teacher.model, "sampling": _sampling_kwargs(sampling),
+            "seed": cfg.generation.seed, "fault": fault,
+        },
+        batch_size=bs, batch_format="pyarrow", concurrency=cfg.teacher.replicas,
+        **_actor_resources(run),
+    )
+    writer = ShardWriter(stage_dir, pending)
+    start = time.perf_counter()
+    with tqdm(total=todo, unit="prompt", desc="generate", dynamic_ncols=True) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            ok = batch.filter(pc.is_null(batch.column("error")))
+            stats["prompt_tokens"] += pc.sum(ok.column("prompt_tokens")).as_py() or 0
+            stats["completion_tokens"] += (
+                pc.sum(ok.column("completion_tokens")).as_py() or 0)
+            n_prompts = len(set(batch.column("prompt_id").to_pylist()))
+            stats["prompts"] += n_prompts
+            bar.update(n_prompts)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(tok_s=f"{stats['completion_tokens'] / elapsed:.1f}")
+            writer.add(batch)
+            limit = fault.get("driver_crash_after_shards")
+            if limit is not None and writer.written >= limit:
+                # FAULT INJECTION (tests only): the driver dies here, as if killed.
+                raise FaultInjected(f"fault injection: driver stopped after {limit} shard(s)")
+
+
+def _sampling_kwargs(sampling: SamplingSpec) -> dict:
+    from dataclasses import asdict
+
+    return asdict(sampling)

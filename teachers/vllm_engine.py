@@ -1,0 +1,202 @@
+"""In-process vLLM (`vllm.LLM`) behind the `Generator` interface, for teacher and student.
+
+Prompts are rendered with the model's chat template and tokenized here, so an over-long prompt
+is quarantined before it reaches the engine (vLLM would fail the whole batch), and the prompt
+token count is exact. The student can be served with a PEFT LoRA adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from teachers.base import Completion, Messages, SamplingSpec, error_completions, request_seeds
+
+# Measured on the 2-core AVX2 CPU (docs/teacher.md): eager mode skips minutes of torch.compile
+# warm-up, and float32 avoids bf16 matmuls that fall back to slow reference kernels without
+# AVX-512. Applied only when there is no GPU; teacher.engine_kwargs overrides each key.
+CPU_ENGINE_DEFAULTS: dict[str, Any] = {"enforce_eager": True}
+CPU_DTYPE = "float32"
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def engine_args(model_path: str, *, max_model_len: int, dtype: str, engine_kwargs: dict | None,
+                lora_path: str | None, max_lora_rank: int, seed: int) -> dict[str, Any]:
+    """The keyword arguments for `vllm.LLM`, with CPU defaults when no GPU is present."""
+    args: dict[str, Any] = {"model": model_path, "max_model_len": max_model_len, "seed": seed,
+                            "dtype": dtype}
+    if not has_gpu():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        args.update(CPU_ENGINE_DEFAULTS)
+        if dtype == "auto":
+            args["dtype"] = CPU_DTYPE
+    if lora_path:
+        args.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+    args.update(engine_kwargs or {})
+    return args
+
+
+def _logprobs_json(sample) -> list[dict[str, float]] | None:
+    if sample.logprobs is None:
+        return None
+    # One {token_id: logprob} per generated position (ids as strings: JSON object keys).
+    return [{str(tid): float(lp.logprob) for tid, lp in pos.items()} for pos in sample.logprobs]
+
+
+def to_vllm_params(sampling: SamplingSpec, seed: int | None):
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    structured = None
+    if sampling.choices:
+        structured = StructuredOutputsParams(choice=list(sampling.choices))
+    elif sampling.json_schema is not None:
+        structured = StructuredOutputsParams(json=sampling.json_schema)
+    return SamplingParams(
+        n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens, seed=seed, logprobs=sampling.logprobs,
+        structured_outputs=structured,
+    )
+
+
+class VLLMGenerator:
+    """`vllm.LLM` in this process. One engine per instance; call `close()` to free it."""
+
+    backend = "vllm"
+
+    def __init__(self, model_path: str, *, max_model_len: int = 2048, dtype: str = "auto",
+                 engine_kwargs: dict | None = None, lora_path: str | None = None,
+                 max_lora_rank: int = 16, seed: int = 0):
+        from vllm import LLM
+
+        self.model_path = model_path
+        self.max_model_len = max_model_len
+        self.args = engine_args(model_path, max_model_len=max_model_len, dtype=dtype,
+                                engine_kwargs=engine_kwargs, lora_path=lora_path,
+                                max_lora_rank=max_lora_rank, seed=seed)
+        start = time.perf_counter()
+        self.llm = LLM(**self.args)
+        self.startup_s = time.perf_counter() - start
+        self.tokenizer = self.llm.get_tokenizer()
+        self.lora_request = None
+        if lora_path:
+            from vllm.lora.request import LoRARequest
+
+            self.lora_request = LoRARequest("adapter", 1, str(lora_path))
+
+    @classmethod
+    def from_config(cls, cfg) -> VLLMGenerator:
+        """The run's teacher model on vLLM in this process (e.g. as a judge)."""
+        from distill.models import resolve
+
+        t = cfg.teacher
+        return cls(resolve(t.model).path, max_model_len=t.max_model_len, dtype=t.dtype,
+                   engine_kwargs=t.engine_kwargs, seed=cfg.seed)
+
+    def chat(self, messages: list[Messages], *, max_tokens: int = 256, temperature: float = 0.0,
+             seed: int | None = 0) -> list[str]:
+        """One reply text per conversation ("" where the prompt was quarantined)."""
+        spec = SamplingSpec(n=1, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        return [c.text if c.ok else "" for c in self.generate(messages, spec)]
+
+    def prompt_token_ids(self, messages: Messages) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
+        # The template already holds the special tokens (BOS etc.), as in `LLM.chat`.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, messages: list[Messages], sampling: SamplingSpec,
+                 seeds: list[int] | None = None) -> list[Completion]:
+        base_seeds = request_seeds(sampling, seeds, len(messages))
+        results: dict[int, list[Completion]] = {}
+        ready: list[tuple[int, list[int]]] = []
+        for i, msgs in enumerate(messages):
+            try:
+                ids = self.prompt_token_ids(msgs)
+            except Exception as exc:  # a broken template/message quarantines one prompt
+                results[i] = error_completions(i, sampling.n, f"chat_template: {exc}",
+                                               seed=base_seeds[i])
+                continue
+            if len(ids) >= self.max_model_len:
+                reason = (f"prompt_too_long: {len(ids)} prompt tokens, max_model_len is "
+                          f"{self.max_model_len}")
+                results[i] = error_completions(i, sampling.n, reason, len(ids), base_seeds[i])
+                continue
+            ready.append((i, ids))
+        if ready:
+            results.update(self._run(ready, sampling, base_seeds))
+        return [c for i in range(len(messages)) for c in results[i]]
+
+    def _run(self, ready: list[tuple[int, list[int]]], sampling: SamplingSpec,
+             base_seeds: list[int | None]) -> dict[int, list[Completion]]:
+        try:
+            return self._engine_call(ready, sampling, base_seeds)
+        except Exception as exc:
+            if _is_fatal(exc) or len(ready) == 1:
+                if _is_fatal(exc):
+                    raise
+                i = ready[0][0]
+                reason = f"engine_error: {type(exc).__name__}: {exc}"[:1000]
+                return {i: error_completions(i, sampling.n, reason, len(ready[0][1]),
+                                             base_seeds[i])}
+            # One bad request fails vLLM's whole batch: retry one by one to isolate it.
+            out: dict[int, list[Completion]] = {}
+            for item in ready:
+                out.update(self._run([item], sampling, base_seeds))
+            return out
+
+    def _engine_call(self, ready, sampling, base_seeds) -> dict[int, list[Completion]]:
+        prompts = [{"prompt_token_ids": ids} for _, ids in ready]
+        params = [to_vllm_params(sampling, base_seeds[i]) for i, _ in ready]
+        start = time.perf_counter()
+        outputs = self.llm.generate(prompts, params, use_tqdm=False,
+                                    lora_request=self.lora_request)
+        batch_s = time.perf_counter() - start
+        results: dict[int, list[Completion]] = {}
+        for (i, ids), out in zip(ready, outputs):
+            latency = _request_latency(out, batch_s)
+            seed = base_seeds[i]
+            results[i] = [
+                Completion(
+                    prompt_index=i, sample_index=s.index, text=s.text, prompt_tokens=len(ids),
+                    completion_tokens=len(s.token_ids), finish_reason=s.finish_reason or "stop",
+                    latency_s=latency, seed=None if seed is None else seed + s.index,
+                    logprobs=_logprobs_json(s),
+                )
+                for s in sorted(out.outputs, key=lambda s: s.index)
+            ]
+        return results
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            shutdown = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            if shutdown is not None and hasattr(shutdown, "shutdown"):
+                shutdown.shutdown()
+            self.llm = None
+
+
+def _request_latency(out, batch_s: float) -> float:
+    """Per-request time in the engine when vLLM tracked it, else the batch's wall time."""
+    m = getattr(out, "metrics", None)
+    first = getattr(m, "scheduled_ts", 0.0) or getattr(m, "queued_ts", 0.0)
+    last = getattr(m, "last_token_ts", 0.0)
+    if m is not None and first and last and last >= first:
+        return float(last - first)
+    return batch_s
+
+
+def _is_fatal(exc: Exception) -> bool:
+    # A dead engine can't serve any later batch: let the actor die so Ray restarts it.
+    return type(exc).__name__ == "EngineDeadError"
+
+
+def logprobs_to_json(logprobs: list[dict[str, float]] | None) -> str | None:
+    return None if logprobs is None else json.dumps(logprobs)
