@@ -1,0 +1,97 @@
+"""Training data for the student, read from the run dir's Parquet files.
+
+Rows become TRL's conversational formats: prompt-completion for SFT (TRL masks the prompt, so
+the loss is on the answer only) and prompt/chosen/rejected for DPO. The prompt is the
+student's short chat (`distill.prompts.student_messages`), the one eval and serving use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from distill.config import TaskConfig
+from distill.errors import DataError, StageNotReadyError
+from distill.prompts import student_messages
+
+SFT_COLUMNS = ("example_id", "text", "target")
+DPO_COLUMNS = ("example_id", "text", "chosen", "rejected")
+
+
+def read_table(path: Path, columns: tuple[str, ...], made_by: str):
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise StageNotReadyError(f"{path} not found: run the {made_by} stage first")
+    table = pq.read_table(path)
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no rows to train on")
+    return table
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_strings(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
+    for i, row in enumerate(rows):
+        for field in fields:
+            if not isinstance(row[field], str) or not row[field].strip():
+                raise DataError(f"{path}: row {i} (example_id={row['example_id']}): empty {field}")
+
+
+def sft_records(path: Path, task: TaskConfig) -> list[dict]:
+    rows = read_table(path, SFT_COLUMNS, "curate").select(list(SFT_COLUMNS)).to_pylist()
+    _check_strings(path, rows, ("text", "target"))
+    return [
+        {
+            "example_id": row["example_id"],
+            "prompt": student_messages(task, row["text"]),
+            "completion": [{"role": "assistant", "content": row["target"]}],
+        }
+        for row in rows
+    ]
+
+
+def dpo_records(path: Path, task: TaskConfig) -> list[dict]:
+    rows = read_table(path, DPO_COLUMNS, "pairs").select(list(DPO_COLUMNS)).to_pylist()
+    _check_strings(path, rows, ("text", "chosen", "rejected"))
+    return [
+        {
+            "example_id": row["example_id"],
+            "prompt": student_messages(task, row["text"]),
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}],
+        }
+        for row in rows
+    ]
+
+
+def split(records: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Held-out validation rows chosen by a hash of the example id (stable across reruns,
+    independent of row order)."""
+    if val_fraction <= 0 or len(records) < 4:
+        return records, []
+
+    def bucket(rec: dict) -> float:
+        h = hashlib.sha256(f"{seed}:{rec['example_id']}".encode()).hexdigest()
+        return int(h[:8], 16) / 0xFFFFFFFF
+
+    val = [r for r in records if bucket(r) < val_fraction]
+    if not val:
+        val = [min(records, key=bucket)]
+    val_ids = {id(r) for r in val}
+    return [r for r in records if id(r) not in val_ids], val
+
+
+def to_dataset(records: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{k: v for k, v in r.items() if k != "example_id"} for r in records])

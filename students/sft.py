@@ -1,0 +1,128 @@
+"""SFT stage: QLoRA (or LoRA) supervised fine-tuning of the student with TRL's SFTTrainer.
+
+Reads `curate/train.parquet`, trains on prompt-completion chats (the loss is on the completion
+only), checkpoints to `sft/checkpoints/` and resumes from there, writes the adapter with its
+model card to `sft/adapter/` and metrics to `sft/metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from distill.models import resolve
+from distill.rundir import Run
+from students import card, data, modeling
+from students.callbacks import MetricsLogger, install
+from students.recipe import (
+    TrainJob,
+    checkpoint_step,
+    common_args,
+    last_checkpoint,
+    peak_memory_mb,
+    run_job,
+    world,
+    write_summary,
+)
+
+
+def run_sft(run: Run) -> dict:
+    cfg = run.cfg
+    if not cfg.sft.enabled:
+        return {"skipped": True}
+    train_path = run.dir / "curate" / "train.parquet"
+    data.read_table(train_path, data.SFT_COLUMNS, "curate")  # fail fast, before any worker starts
+    base = resolve(cfg.student.model)
+    job = TrainJob(
+        stage="sft",
+        config=cfg.resolved(),
+        run_dir=str(run.dir),
+        base_path=base.path,
+        data_path=str(train_path),
+        data_sha256=data.file_sha256(train_path),
+    )
+    summary = run_job(run, job)
+    run.record_model("student", {**base.to_manifest(), "adapter": str(job.adapter_dir),
+                                 "stage": "sft"})
+    return summary
+
+
+def trl_args(job: TrainJob, where: modeling.Placement):
+    from trl import SFTConfig as TrlSFTConfig
+
+    cfg = job.cfg
+    sft = cfg.sft
+    sampling = "group_by_length" if sft.group_by_length and not sft.packing else "random"
+    return TrlSFTConfig(
+        **common_args(job, sft, modeling.precision_args(where)),
+        max_length=cfg.student.max_seq_len,
+        packing=sft.packing,
+        packing_strategy=sft.packing_strategy,
+        completion_only_loss=True,
+        train_sampling_strategy=sampling,
+        dataset_num_proc=None,
+    )
+
+
+def train_worker(job: TrainJob) -> dict:
+    """Train on this process (the whole job, or one Ray Train worker's share of it)."""
+    from trl import SFTTrainer
+
+    cfg = job.cfg
+    where = modeling.placement(cfg.student)
+    rank, world_size = world()
+    records = data.sft_records(Path(job.data_path), cfg.task)
+    train_rows, val_rows = data.split(records, cfg.sft.val_fraction, cfg.seed)
+    tokenizer = modeling.load_tokenizer(job.base_path)
+    model = modeling.load_base(job.base_path, cfg.student, where)
+    trainer = SFTTrainer(
+        model=model,
+        args=trl_args(job, where),
+        train_dataset=data.to_dataset(train_rows),
+        eval_dataset=data.to_dataset(val_rows) if val_rows else None,
+        processing_class=tokenizer,
+        peft_config=modeling.lora_config(cfg.student),
+    )
+    modeling.keep_adapter_dtype(trainer.model, where)
+    logger = MetricsLogger(job.metrics_path, "sft", world_size)
+    install(trainer, logger)
+
+    resume = last_checkpoint(job.checkpoints) if cfg.sft.resume else None
+    eval_before = _eval_loss(trainer) if val_rows and resume is None else None
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - start
+    eval_after = _eval_loss(trainer) if val_rows else None
+
+    tokens = getattr(trainer, "_total_train_tokens", None) or logger.last_tokens or 0
+    summary = {
+        "train_loss": round(result.training_loss, 4),
+        "eval_loss_before": eval_before,
+        "eval_loss_after": eval_after,
+        "steps": trainer.state.global_step,
+        "resumed_from_step": checkpoint_step(resume) if resume else None,
+        "train_examples": len(train_rows),
+        "val_examples": len(val_rows),
+        "train_tokens": int(tokens),
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        "seconds": round(seconds, 2),
+        "world_size": world_size,
+        "device": where.device.split(":")[0],
+        "dtype": where.dtype_name,
+        "quantization": cfg.student.quantization,
+        "packing": cfg.sft.packing,
+        **peak_memory_mb(),
+        "adapter": str(job.adapter_dir),
+    }
+    if rank == 0:
+        trainer.save_model(str(job.adapter_dir))
+        tokenizer.save_pretrained(str(job.adapter_dir))
+        card.write_card(job.adapter_dir, stage="sft", base_model=cfg.student.model,
+                        base_path=job.base_path, dataset="curate/train.parquet",
+                        dataset_sha256=job.data_sha256, config=job.config, metrics=summary)
+    write_summary(job, summary)
+    return summary
+
+
+def _eval_loss(trainer) -> float:
+    return round(trainer.evaluate()["eval_loss"], 4)
