@@ -114,8 +114,13 @@ def candidate_pairs(bands: np.ndarray, is_new: np.ndarray | None = None) -> np.n
         col = bands[order, j]
         cut = np.flatnonzero(col[1:] != col[:-1]) + 1
         starts = np.concatenate([[0], cut])
-        ends = np.concatenate([cut, [n]])
-        for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+        sizes = np.concatenate([cut, [n]]) - starts
+        # Buckets of two are nearly all of them: vectorised; larger ones in the loop below.
+        s2 = starts[sizes == 2]
+        a, b = np.minimum(order[s2], order[s2 + 1]), np.maximum(order[s2], order[s2 + 1])
+        keep = is_new[a] | is_new[b]
+        codes.append(a[keep] * n + b[keep])
+        for s, e in zip(starts[sizes > 2], (starts + sizes)[sizes > 2]):
             members = np.sort(order[s:e])
             if not is_new[members].any():
                 continue
