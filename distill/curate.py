@@ -301,32 +301,34 @@ def _dedup(run: Run, examples: list[Example], rows, rejects: list[Rejected], fun
         funnel.add("exact dedup", "examples", n_in, len(dropped),
                    note=f"{against} against the index" if against else "")
 
+    if not cfg.near:  # the index holds signatures, so it is only kept up with near-dedup on
+        summary["dropped_total"] = summary["exact_dropped"]
+        return summary, examples, IndexUpdate()
     texts = [_dedup_text(e, cfg.fields) for e in examples]
     chars = np.array([len(t) for t in texts], dtype=np.int64)
     keys = [e.example_id for e in examples]
-    if cfg.use_ray and texts:
+    if cfg.use_ray and len(texts) > cfg.batch_size:  # one batch gains nothing from Ray
         dd.ensure_ray(run.cfg.ray.address, run.cfg.ray.num_cpus)
         sigs = dd.signatures_ray(texts, params, cfg.batch_size)
     else:
         sigs = dd.signatures_local(texts, params)
     new = IndexedDocs(keys, [dd.exact_key(t) for t in texts], sigs.bands, sigs.shingle_values,
                       sigs.shingle_offsets, chars)
-    if cfg.near:
-        result = dd.near_dedup(new, sigs.sig, cfg.threshold, cfg.keep, old, cfg.verify)
-        drops = {d.index: ("near_dup", f"{d.detail}; kept {d.kept_key}") for d in result.dropped}
-        n_in = len(examples)
-        examples, rej = _drop_examples(examples, drops)
-        rejects += rej
-        keep_idx = np.array(sorted(set(range(n_in)) - set(drops)), dtype=np.int64)
-        new = new.take(keep_idx)
-        summary.update(near_dropped=len(drops), near_against_index=result.against_index,
-                       clusters=result.clusters, candidate_pairs=result.candidate_pairs,
-                       verified_pairs=result.verified_pairs, bands=params.bands,
-                       rows=params.rows, candidate_threshold=round(cand, 4),
-                       threshold=cfg.threshold)
-        funnel.add("near dedup", "examples", n_in, len(drops),
-                   note=f"{result.clusters} clusters, {result.candidate_pairs} candidates, "
-                        f"{result.verified_pairs} >= J {cfg.threshold}")
+    result = dd.near_dedup(new, sigs.sig, cfg.threshold, cfg.keep, old, cfg.verify)
+    drops = {d.index: ("near_dup", f"{d.detail}; kept {d.kept_key}") for d in result.dropped}
+    n_in = len(examples)
+    examples, rej = _drop_examples(examples, drops)
+    rejects += rej
+    keep_idx = np.array(sorted(set(range(n_in)) - set(drops)), dtype=np.int64)
+    new = new.take(keep_idx)
+    summary.update(near_dropped=len(drops), near_against_index=result.against_index,
+                   clusters=result.clusters, candidate_pairs=result.candidate_pairs,
+                   verified_pairs=result.verified_pairs, bands=params.bands,
+                   rows=params.rows, candidate_threshold=round(cand, 4),
+                   threshold=cfg.threshold)
+    funnel.add("near dedup", "examples", n_in, len(drops),
+               note=f"{result.clusters} clusters, {result.candidate_pairs} candidates, "
+                    f"{result.verified_pairs} >= J {cfg.threshold}")
     summary["dropped_total"] = summary["exact_dropped"] + summary["near_dropped"]
     return summary, examples, IndexUpdate(index, segment, new)
 
