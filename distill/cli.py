@@ -210,9 +210,11 @@ def run(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
     for name in missing:
         table.add_row(name, "[yellow]not built yet[/yellow]", "")
     console.print(table)
-    report_html = r.dir / "report" / "report.html"
-    if report_html.exists():
-        console.print(f"report: {report_html}")
+    report_json = r.dir / "report" / "report.json"
+    if report_json.exists():
+        verdict = json.loads(report_json.read_text())["verdict"]
+        console.print(f"[bold]verdict:[/bold] {verdict['text']}")
+        console.print(f"report: {r.dir / 'report' / 'report.html'} (also report.md, report.json)")
 
 
 if __name__ == "__main__":

@@ -38,20 +38,10 @@ def open_generator(cfg: RunConfig, role: str, adapter: Path | None = None) -> It
 
 
 def _teacher(cfg: RunConfig):
-    t = cfg.teacher
-    if t.backend == "openai":
-        from teachers.http_engine import OpenAIGenerator
+    from teachers.factory import make_generator
 
-        return OpenAIGenerator(t.endpoint)
-    path = resolve(t.model).path
-    if t.backend == "transformers":
-        from teachers.hf_engine import HFGenerator
-
-        return HFGenerator(path, max_model_len=t.max_model_len, dtype=t.dtype)
-    from teachers.vllm_engine import VLLMGenerator
-
-    return VLLMGenerator(path, max_model_len=t.max_model_len, dtype=t.dtype,
-                         engine_kwargs=t.engine_kwargs, seed=cfg.seed)
+    path = cfg.teacher.model if cfg.teacher.backend == "openai" else resolve(cfg.teacher.model).path
+    return make_generator(cfg.teacher, path, seed=cfg.seed)
 
 
 @contextmanager

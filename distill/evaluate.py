@@ -85,15 +85,20 @@ def general_ability(answers: list[str], prompts: list[GeneralPrompt]) -> float:
     return sum(hits) / len(hits) if hits else 0.0
 
 
-def _answers(run, contender: Contender, message_lists: list[list[Message]],
-             max_tokens: int) -> list[str]:
+def _answers(run, contender: Contender, requests: list[tuple[list[list[Message]], int]]
+             ) -> list[list[str]]:
+    """Greedy answers for each (message lists, max_tokens) request, from one engine."""
     from distill.engines import open_generator
     from teachers.base import SamplingSpec
 
-    sampling = SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens, seed=run.cfg.seed)
+    out = []
     with open_generator(run.cfg, contender.role, adapter=contender.adapter) as generator:
-        completions = generator.generate(message_lists, sampling)
-    return [c.text if c.ok else "" for c in completions]
+        for message_lists, max_tokens in requests:
+            sampling = SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens,
+                                    seed=run.cfg.seed)
+            completions = generator.generate(message_lists, sampling)
+            out.append([c.text if c.ok else "" for c in completions])
+    return out
 
 
 def _cached(path: Path, compute: Callable[[], dict]) -> dict:
@@ -115,12 +120,10 @@ def run_eval(run) -> dict:
     answers: dict[str, dict] = {}
     for c in contenders(run):
         def compute(c=c) -> dict:
-            task = [c.prompt(cfg.task, ex.text) for ex in examples]
-            result = {"task": _answers(run, c, task, cfg.eval.max_tokens)}
-            if c.role == "student":
-                chats = [[{"role": "user", "content": p.prompt}] for p in general]
-                result["general"] = _answers(run, c, chats, 32)
-            return result
+            requests = [([c.prompt(cfg.task, ex.text) for ex in examples], cfg.eval.max_tokens)]
+            if c.role == "student":  # the forgetting check
+                requests.append(([[{"role": "user", "content": p.prompt}] for p in general], 32))
+            return dict(zip(("task", "general"), _answers(run, c, requests)))
         answers[c.name] = _cached(out / f"answers_{c.name}.json", compute)
 
     gold = [ex.label for ex in examples]
