@@ -13,7 +13,6 @@ from pathlib import Path
 from distill.models import resolve
 from distill.rundir import Run
 from students import card, data, modeling
-from students.callbacks import MetricsLogger, install
 from students.recipe import (
     TrainJob,
     checkpoint_step,
@@ -52,21 +51,33 @@ def trl_args(job: TrainJob, where: modeling.Placement):
 
     cfg = job.cfg
     sft = cfg.sft
-    sampling = "group_by_length" if sft.group_by_length and not sft.packing else "random"
     return TrlSFTConfig(
         **common_args(job, sft, modeling.precision_args(where)),
+        **_sampling(sft.group_by_length and not sft.packing),
         max_length=cfg.student.max_seq_len,
         packing=sft.packing,
         packing_strategy=sft.packing_strategy,
         completion_only_loss=True,
-        train_sampling_strategy=sampling,
         dataset_num_proc=None,
     )
+
+
+def _sampling(by_length: bool) -> dict:
+    """Length-grouped batches pad less. transformers renamed the switch; accept both."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    if "train_sampling_strategy" in {f.name for f in fields(TrainingArguments)}:
+        return {"train_sampling_strategy": "group_by_length" if by_length else "random"}
+    return {"group_by_length": by_length}
 
 
 def train_worker(job: TrainJob) -> dict:
     """Train on this process (the whole job, or one Ray Train worker's share of it)."""
     from trl import SFTTrainer
+
+    from students.callbacks import MetricsLogger, install
 
     cfg = job.cfg
     where = modeling.placement(cfg.student)

@@ -1,0 +1,143 @@
+"""DPO stage: preference tuning of the SFT adapter with TRL's DPOTrainer.
+
+The policy is the base model with the SFT adapter, trainable. The reference is the same model
+with a frozen copy of that adapter (TRL's "ref" adapter), so no second full model is loaded.
+Reads `pairs/pairs.parquet`; writes `dpo/checkpoints/`, `dpo/adapter/`, `dpo/metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from distill.errors import StageNotReadyError
+from distill.models import resolve
+from distill.rundir import Run
+from students import card, data, modeling
+from students.artifacts import adapter_dir
+from students.recipe import (
+    TrainJob,
+    checkpoint_step,
+    common_args,
+    last_checkpoint,
+    peak_memory_mb,
+    run_job,
+    world,
+    write_summary,
+)
+
+
+def run_dpo(run: Run) -> dict:
+    cfg = run.cfg
+    if not cfg.dpo.enabled:
+        return {"skipped": True}
+    pairs_path = run.dir / "pairs" / "pairs.parquet"
+    data.read_table(pairs_path, data.DPO_COLUMNS, "pairs")
+    sft_adapter = adapter_dir(run, "sft")
+    if sft_adapter is None:
+        raise StageNotReadyError(f"{run.dir / 'sft' / 'adapter'} not found: run the sft stage first")
+    base = resolve(cfg.student.model)
+    job = TrainJob(
+        stage="dpo",
+        config=cfg.resolved(),
+        run_dir=str(run.dir),
+        base_path=base.path,
+        data_path=str(pairs_path),
+        data_sha256=data.file_sha256(pairs_path),
+        init_adapter=str(sft_adapter),
+    )
+    summary = run_job(run, job)
+    run.record_model("student", {**base.to_manifest(), "adapter": str(job.adapter_dir),
+                                 "stage": "dpo"})
+    return summary
+
+
+def trl_args(job: TrainJob, where: modeling.Placement):
+    from trl import DPOConfig as TrlDPOConfig
+
+    cfg = job.cfg
+    return TrlDPOConfig(
+        **common_args(job, cfg.dpo, modeling.precision_args(where)),
+        max_length=cfg.student.max_seq_len,
+        beta=cfg.dpo.beta,
+        loss_type=[t.strip() for t in cfg.dpo.loss_type.split(",")],
+        precompute_ref_log_probs=cfg.dpo.precompute_ref,
+    )
+
+
+def train_worker(job: TrainJob) -> dict:
+    from peft import PeftModel
+    from trl import DPOTrainer
+
+    from students.callbacks import MetricsLogger, install
+
+    cfg = job.cfg
+    where = modeling.placement(cfg.student)
+    rank, world_size = world()
+    pairs = data.dpo_records(Path(job.data_path), cfg.task)
+    tokenizer = modeling.load_tokenizer(job.base_path)
+    base = modeling.load_base(job.base_path, cfg.student, where)
+    policy = PeftModel.from_pretrained(base, job.init_adapter, is_trainable=True)
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=None,  # TRL copies the starting adapter to a frozen "ref" adapter
+        args=trl_args(job, where),
+        train_dataset=data.to_dataset(pairs),
+        processing_class=tokenizer,
+    )
+    modeling.keep_adapter_dtype(trainer.model, where)
+    logger = MetricsLogger(job.metrics_path, "dpo", world_size)
+    install(trainer, logger)
+
+    resume = last_checkpoint(job.checkpoints) if cfg.dpo.resume else None
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - start
+
+    tokens = getattr(trainer, "_total_train_tokens", None) or logger.last_tokens or 0
+    summary = {
+        "train_loss": round(result.training_loss, 4),
+        **_reward_trend(trainer.state.log_history),
+        "steps": trainer.state.global_step,
+        "resumed_from_step": checkpoint_step(resume) if resume else None,
+        "pairs": len(pairs),
+        "train_tokens": int(tokens),
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        "seconds": round(seconds, 2),
+        "world_size": world_size,
+        "device": where.device.split(":")[0],
+        "dtype": where.dtype_name,
+        "quantization": cfg.student.quantization,
+        "beta": cfg.dpo.beta,
+        "loss_type": cfg.dpo.loss_type,
+        **peak_memory_mb(),
+        "adapter": str(job.adapter_dir),
+    }
+    if rank == 0:
+        # Only the trained "default" adapter is the result; "ref" was the frozen reference.
+        trainer.model.save_pretrained(str(job.adapter_dir), selected_adapters=["default"])
+        tokenizer.save_pretrained(str(job.adapter_dir))
+        card.write_card(job.adapter_dir, stage="dpo", base_model=cfg.student.model,
+                        base_path=job.base_path, dataset="pairs/pairs.parquet",
+                        dataset_sha256=job.data_sha256, config=job.config, metrics=summary,
+                        parent=job.init_adapter)
+    write_summary(job, summary)
+    return summary
+
+
+def _reward_trend(history: list[dict]) -> dict:
+    """Reward margin and accuracy at the first vs the last logged steps of training (the first
+    log is taken before many updates, when policy and reference nearly agree)."""
+    logs = [h for h in history if "rewards/margins" in h]
+    if not logs:
+        return {}
+    last = logs[-2:] if len(logs) > 2 else logs[-1:]
+    mean = lambda key, rows: round(sum(r[key] for r in rows) / len(rows), 4)  # noqa: E731
+    return {
+        "reward_margin_first": round(logs[0]["rewards/margins"], 4),
+        "reward_margin_last": mean("rewards/margins", last),
+        "reward_accuracy_first": round(logs[0]["rewards/accuracies"], 4),
+        "reward_accuracy_last": mean("rewards/accuracies", last),
+        "first_step": logs[0].get("step"),
+        "last_step": logs[-1].get("step"),
+    }
