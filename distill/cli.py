@@ -217,5 +217,152 @@ def run(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
         console.print(f"report: {r.dir / 'report' / 'report.html'} (also report.md, report.json)")
 
 
+# --- cluster jobs and scheduled refreshes (ray_jobs/) ------------------------------------------
+
+AddressOpt = typer.Option(..., "--address", envvar="RAY_API_SERVER_ADDRESS",
+                          help="Ray Jobs API, e.g. http://HEAD:8265")
+
+
+@app.command("submit")
+@user_errors
+def submit(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+           address: str = AddressOpt,
+           refresh_: bool = typer.Option(False, "--refresh", help="submit `distill refresh`"),
+           stages: Optional[list[str]] = typer.Option(
+               None, "--stage", help="only these stages, in order (repeatable)"),
+           trigger: Optional[str] = typer.Option(
+               None, "--trigger", help="part of the id; --refresh default: today's UTC date"),
+           wait: bool = typer.Option(False, "--wait", help="follow the logs until it ends"),
+           python: str = typer.Option("python", "--python", help="interpreter on the cluster")):
+    """Submit the run to a Ray cluster (Jobs API). Same run + trigger = same job (idempotent)."""
+    from datetime import datetime, timezone
+
+    from distill.config import load_config
+    from ray_jobs import jobs
+    cfg = load_config(config, overrides)
+    command = "refresh" if refresh_ else "stages" if stages else "run"
+    if refresh_ and trigger is None:
+        trigger = datetime.now(timezone.utc).strftime("%Y%m%d")
+    sub = jobs.build_submission(cfg, command, tuple(stages or ()), trigger, python)
+    result = jobs.submit(address, sub)
+    verb = "submitted" if result.created else "already submitted, not started again"
+    console.print(f"{verb}: [bold]{result.submission_id}[/bold] ({result.status})")
+    if wait:
+        _follow(address, result.submission_id)
+
+
+def _follow(address: str, submission_id: str) -> None:
+    from ray_jobs import jobs
+    for chunk in jobs.follow_logs(address, submission_id):
+        sys.stdout.write(chunk)
+    state = jobs.status(address, submission_id)
+    console.print(f"{submission_id}: {state}")
+    if state != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@app.command("status")
+@user_errors
+def job_status(submission_id: str = typer.Argument(..., help="from `distill submit`"),
+               address: str = AddressOpt):
+    """A submitted job's state, entrypoint and timings."""
+    from ray_jobs import jobs
+    info = jobs.job_info(address, submission_id)
+    console.print_json(json.dumps({
+        "submission_id": submission_id, "status": str(info.status), "message": info.message,
+        "entrypoint": info.entrypoint, "start_time": info.start_time, "end_time": info.end_time,
+        "metadata": info.metadata}, default=str))
+
+
+@app.command("logs")
+@user_errors
+def job_logs(submission_id: str = typer.Argument(..., help="from `distill submit`"),
+             address: str = AddressOpt,
+             follow: bool = typer.Option(False, "--follow", "-f", help="until the job ends")):
+    """A submitted job's logs."""
+    from ray_jobs import jobs
+    if follow:
+        _follow(address, submission_id)
+    else:
+        sys.stdout.write(jobs.logs(address, submission_id))
+
+
+@app.command("refresh")
+@user_errors
+def refresh(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+            list_: bool = typer.Option(False, "--list", help="show the versions, run nothing"),
+            rollback: bool = typer.Option(False, "--rollback",
+                                          help="promote again the previously promoted student")):
+    """Incremental cycle: new prompts only, dedup against the index, retrain, gate, promote."""
+    from distill.config import load_config
+    from ray_jobs import refresh as R
+    cfg = load_config(config, overrides)
+    if rollback:
+        record = R.rollback(cfg)
+        console.print(f"promoted {record['version']} again ({record['adapter']})")
+        return
+    if not list_:
+        result = R.refresh(cfg)
+        console.print_json(R.dumps(result))
+    table = Table("version", "status", "new prompts", "metric", "promoted",
+                  title=f"refreshes of {cfg.output_dir}")
+    for row in R.version_table(Path(cfg.output_dir)):
+        table.add_row(row["version"], str(row["status"]), str(row["new_prompts"] or ""),
+                      "" if row["value"] is None else f"{row['value']:.4f}",
+                      "[green]yes[/green]" if row["promoted"] else "")
+    console.print(table)
+
+
+@app.command("promote")
+@user_errors
+def promote(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+            version: str = typer.Option(..., "--version", help="v0000 (first run), v0001, ...")):
+    """Point promoted.json at an evaluated version (manual promotion or rollback)."""
+    from distill.config import load_config
+    from ray_jobs import refresh as R
+    record = R.promote_version(load_config(config, overrides), version)
+    console.print(f"promoted {record['version']}: {record['adapter']} "
+                  f"({record['metric']} {record['value']:.4f})")
+
+
+@app.command("schedule")
+@user_errors
+def schedule(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+             cron: str = typer.Option(..., "--cron", help='5-field cron, e.g. "0 3 * * *"'),
+             address: str = typer.Option("http://ray-head-svc:8265", "--address",
+                                         envvar="RAY_API_SERVER_ADDRESS",
+                                         help="Jobs API of the standing cluster"),
+             out: Path = typer.Option(Path("k8s"), "--out", help="folder for the manifests"),
+             image: str = typer.Option("REGISTRY/distill:latest", "--image",
+                                       help="container image with distill and the config"),
+             config_in_image: Optional[str] = typer.Option(
+                 None, "--config-in-image", help="config path inside the image (default: CONFIG)"),
+             workers: int = typer.Option(1, "--workers", help="RayCronJob worker pods"),
+             time_zone: Optional[str] = typer.Option(None, "--time-zone",
+                                                     help="manifests only (KubeRay >= 1.7)"),
+             run_scheduler: bool = typer.Option(
+                 False, "--run-scheduler", help="no manifests: submit on schedule from here (UTC)"),
+             max_fires: Optional[int] = typer.Option(None, "--max-fires",
+                                                     help="scheduler: stop after N submissions")):
+    """Scheduled refreshes: KubeRay RayCronJob + CronJob manifests, or a built-in scheduler."""
+    from distill.config import load_config
+    from ray_jobs import jobs
+    from ray_jobs import schedule as S
+    cfg = load_config(config, overrides)
+    if run_scheduler:
+        def fire(t):
+            sub = jobs.build_submission(cfg, "refresh", trigger=S.fire_trigger(t))
+            r = jobs.submit(address, sub)
+            return f"{r.submission_id} ({'submitted' if r.created else 'already submitted'})"
+        S.run_scheduler(cron, fire, max_fires=max_fires, log=console.print)
+        return
+    from importlib.metadata import version as pkg_version
+    paths = S.write_manifests(cfg, cron, out, config_in_image=config_in_image or str(config),
+                              image=image, address=address, ray_version=pkg_version("ray"),
+                              workers=workers, time_zone=time_zone)
+    for p in paths:
+        console.print(f"wrote {p}")
+
+
 if __name__ == "__main__":
     app()
