@@ -294,11 +294,6 @@ def train_config(cfg: RunConfig, vdir: Path, parent: dict | None) -> RunConfig:
 
 def refresh(cfg: RunConfig, stage_runner: StageRunner | None = None) -> RefreshResult:
     """One refresh cycle (or the resumption of an unfinished one). See the module docstring."""
-    if stage_runner is None:
-        from distill.pipeline import run_stage
-
-        _check_built(DATA_STAGES + TRAIN_STAGES)
-        stage_runner = run_stage
     base = Path(cfg.output_dir)
     if not (base / "prompts" / "test.parquet").exists():
         raise StageNotReadyError(f"{base}: no first run to refresh (its held-out set "
@@ -310,6 +305,12 @@ def refresh(cfg: RunConfig, stage_runner: StageRunner | None = None) -> RefreshR
             reason = f"{len(new)} new prompt(s) < refresh.min_new_prompts={cfg.refresh.min_new_prompts}"
             console.print(f"[yellow]nothing to refresh: {reason}[/yellow]")
             return RefreshResult(None, "nothing_new", len(new), reason)
+    if stage_runner is None:  # checked before a version is made, so none is left half-made
+        from distill.pipeline import run_stage
+
+        _check_built(DATA_STAGES + TRAIN_STAGES)
+        stage_runner = run_stage
+    if vdir is None:
         parent = current_promoted(base)
         n = V.versions(base)[-1][0] + 1 if V.versions(base) else 1
         vdir = V.refresh_root(base) / V.version_name(n)

@@ -54,6 +54,7 @@ class LocalCluster:
         log = self.temp_dir / log_name
         self.logs.append(log)
         env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
+                   RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # no Serve here: stop at once
                    PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env_vars)
         env.pop("RAY_ADDRESS", None)
         self.procs.append(subprocess.Popen(
@@ -137,6 +138,18 @@ class LocalCluster:
                 os.killpg(p.pid, signal.SIGKILL)  # stragglers of this node only
             except ProcessLookupError:
                 pass
+        self._kill_leftovers()
+
+    def _kill_leftovers(self) -> None:
+        """Any process still naming this cluster's private temp dir (raylet, GCS, workers)."""
+        import psutil
+
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if any(str(self.temp_dir) in part for part in proc.info["cmdline"] or ()):
+                    proc.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
 
 
 def start_cluster() -> LocalCluster:

@@ -97,7 +97,9 @@ class Runner:
     """A stage runner: real stages through distill.pipeline.run_stage, stand-ins recorded
     in the manifest the same way, and a log of what actually ran (for resume checks)."""
 
-    def __init__(self, accuracy: float = 0.7, fail_at: str | None = None):
+    def __init__(self, accuracy: float = 0.7, fail_at: str | None = None,
+                 real: tuple[str, ...] = ("prompts", "curate")):
+        self.real = real
         self.train = FakeTrainer(accuracy)
         self.fail_at = fail_at
         self.ran: list[tuple[str, str]] = []
@@ -109,7 +111,7 @@ class Runner:
         self.ran.append((run.dir.name, name))
         if name == self.fail_at:
             raise RuntimeError(f"simulated crash in {name}")  # a fault we can't cause otherwise
-        if name in ("prompts", "curate"):
+        if name in self.real:
             return run_stage(run, name, force=force)
         func = self.fakes.get(name) or (lambda r: self.train(r, name))
         with run.stage(name):
