@@ -8,6 +8,7 @@ which would also stop the Ray of every other test on the machine)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -139,6 +140,7 @@ class LocalCluster:
             except ProcessLookupError:
                 pass
         self._kill_leftovers()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def _kill_leftovers(self) -> None:
         """Any process still naming this cluster's private temp dir (raylet, GCS, workers)."""
