@@ -90,6 +90,8 @@ def train_worker(job: TrainJob) -> dict:
     install(trainer, logger)
 
     resume = last_checkpoint(job.checkpoints) if cfg.dpo.resume else None
+    # Read now: checkpoint rotation may delete this folder during training.
+    resumed_from = checkpoint_step(resume) if resume else None
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
@@ -99,7 +101,7 @@ def train_worker(job: TrainJob) -> dict:
         "train_loss": round(result.training_loss, 4),
         **_reward_trend(trainer.state.log_history),
         "steps": trainer.state.global_step,
-        "resumed_from_step": checkpoint_step(resume) if resume else None,
+        "resumed_from_step": resumed_from,
         "pairs": len(pairs),
         "train_tokens": int(tokens),
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,

@@ -99,6 +99,8 @@ def train_worker(job: TrainJob) -> dict:
     install(trainer, logger)
 
     resume = last_checkpoint(job.checkpoints) if cfg.sft.resume else None
+    # Read now: checkpoint rotation may delete this folder during training.
+    resumed_from = checkpoint_step(resume) if resume else None
     eval_before = _eval_loss(trainer) if val_rows and resume is None else None
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -111,7 +113,7 @@ def train_worker(job: TrainJob) -> dict:
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,
         "steps": trainer.state.global_step,
-        "resumed_from_step": checkpoint_step(resume) if resume else None,
+        "resumed_from_step": resumed_from,
         "train_examples": len(train_rows),
         "val_examples": len(val_rows),
         "train_tokens": int(tokens),
