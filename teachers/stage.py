@@ -134,8 +134,17 @@ def _actor_resources(run: Run) -> dict[str, Any]:
         cluster_gpus = __import__("ray").cluster_resources().get("GPU", 0)
         if cluster_gpus or has_gpu():
             gpus = teacher.tensor_parallel_size
-    return {"num_gpus": gpus, "num_cpus": teacher.cpus_per_replica,
-            "max_restarts": teacher.max_restarts, "max_task_retries": teacher.max_restarts}
+    args: dict[str, Any] = {"num_gpus": gpus, "num_cpus": teacher.cpus_per_replica}
+    # Bounded restarts (Ray Data's default is forever): a batch that kills its engine every
+    # time must fail the job, not loop. Ray 2.60 has no named parameter for these yet, so
+    # they go in as plain remote args (deprecated there, removed in Ray 2.64).
+    args.update(max_restarts=teacher.max_restarts, max_task_retries=teacher.max_restarts)
+    ep = teacher.endpoint
+    if teacher.backend == "openai" and ep.api_key_env and ep.api_key_env in os.environ:
+        # Workers may have started before the key was set (or live on other nodes): hand it
+        # over through Ray's runtime env, never through the manifest or a config file.
+        args["runtime_env"] = {"env_vars": {ep.api_key_env: os.environ[ep.api_key_env]}}
+    return args
 
 
 class ShardWriter:
