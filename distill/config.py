@@ -322,6 +322,9 @@ class BenchConfig(Section):
     requests: int = Field(64, gt=0, description="requests per model and concurrency level")
     concurrency: int = Field(8, gt=0, description="the higher concurrency for throughput")
     max_tokens: int = Field(16, gt=0, description="completion length per request")
+    serve_merged: bool = Field(
+        True, description="serve the final student from export/merged when it exists (how a "
+                          "one-task student ships: no LoRA cost per token); others via LoRA")
 
 
 class PriceConfig(Section):

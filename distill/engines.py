@@ -74,3 +74,15 @@ def served(cfg: RunConfig, role: str,
                      lora_modules={n: str(p) for n, p in adapters.items()} or None,
                      max_lora_rank=cfg.student.lora.r, log_path=log) as url:
         yield url, names, "unused"
+
+
+@contextmanager
+def served_merged(cfg: RunConfig, name: str, path: Path) -> Iterator[tuple[str, dict[str, str], str]]:
+    """A merged student (base with the adapter folded in) on its own server."""
+    from teachers.serve import vllm_server
+
+    log = Path(cfg.output_dir) / "bench" / f"vllm_{name}_merged.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with vllm_server(str(path), served_name=name, max_model_len=student_max_len(cfg),
+                     log_path=log) as url:
+        yield url, {name: name}, "unused"

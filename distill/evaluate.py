@@ -85,28 +85,43 @@ def general_ability(answers: list[str], prompts: list[GeneralPrompt]) -> float:
     return sum(hits) / len(hits) if hits else 0.0
 
 
-def _answers(run, contender: Contender, requests: list[tuple[list[list[Message]], int]]
-             ) -> list[list[str]]:
-    """Greedy answers for each (message lists, max_tokens) request, from one engine."""
+def _requests(cfg: RunConfig, c: Contender, examples, general: list[GeneralPrompt]):
+    """(message lists, max_tokens) per request: the task, and for students the forgetting check."""
+    requests = [([c.prompt(cfg.task, ex.text) for ex in examples], cfg.eval.max_tokens)]
+    if c.role == "student":
+        requests.append(([[{"role": "user", "content": p.prompt}] for p in general], 32))
+    return requests
+
+
+def _answer_all(run, group: list[Contender], examples, general: list[GeneralPrompt],
+                out: Path) -> dict[str, dict]:
+    """Greedy answers of contenders that share one engine (same role); each saved as it ends.
+
+    The students share one vLLM engine and switch LoRA adapters, so eval starts two engines,
+    not four. Contenders whose answers are already saved are not asked again.
+    """
     from distill.engines import open_generator
     from teachers.base import SamplingSpec
 
-    out = []
-    with open_generator(run.cfg, contender.role, adapter=contender.adapter) as generator:
-        for message_lists, max_tokens in requests:
-            sampling = SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens,
-                                    seed=run.cfg.seed)
-            completions = generator.generate(message_lists, sampling)
-            out.append([c.text if c.ok else "" for c in completions])
-    return out
-
-
-def _cached(path: Path, compute: Callable[[], dict]) -> dict:
-    if path.exists():
-        return json.loads(path.read_text())
-    result = compute()
-    write_json_atomic(path, result)
-    return result
+    cached = {c.name: json.loads((out / f"answers_{c.name}.json").read_text())
+              for c in group if (out / f"answers_{c.name}.json").exists()}
+    todo = [c for c in group if c.name not in cached]
+    if not todo:
+        return cached
+    adapter = next((c.adapter for c in todo if c.adapter is not None), None)
+    with open_generator(run.cfg, todo[0].role, adapter=adapter) as generator:
+        for c in todo:
+            if c.role == "student":
+                generator.use_adapter(c.adapter)
+            answers = []
+            for message_lists, max_tokens in _requests(run.cfg, c, examples, general):
+                sampling = SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens,
+                                        seed=run.cfg.seed)
+                completions = generator.generate(message_lists, sampling)
+                answers.append([x.text if x.ok else "" for x in completions])
+            cached[c.name] = dict(zip(("task", "general"), answers))
+            write_json_atomic(out / f"answers_{c.name}.json", cached[c.name])
+    return cached
 
 
 def run_eval(run) -> dict:
@@ -117,14 +132,12 @@ def run_eval(run) -> dict:
     examples = read_examples(test_path)[: cfg.eval.max_examples]
     general = cfg.eval.general_prompts or GENERAL_PROMPTS
     out = run.stage_dir("eval")
+    everyone = contenders(run)
     answers: dict[str, dict] = {}
-    for c in contenders(run):
-        def compute(c=c) -> dict:
-            requests = [([c.prompt(cfg.task, ex.text) for ex in examples], cfg.eval.max_tokens)]
-            if c.role == "student":  # the forgetting check
-                requests.append(([[{"role": "user", "content": p.prompt}] for p in general], 32))
-            return dict(zip(("task", "general"), _answers(run, c, requests)))
-        answers[c.name] = _cached(out / f"answers_{c.name}.json", compute)
+    for role in ("teacher", "student"):
+        group = [c for c in everyone if c.role == role]
+        answers.update(_answer_all(run, group, examples, general, out))
+    answers = {c.name: answers[c.name] for c in everyone}
 
     gold = [ex.label for ex in examples]
     reference = "gold"

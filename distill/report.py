@@ -39,7 +39,7 @@ def build_report(run_dir: Path, manifest: dict, quality_bar: float) -> dict[str,
             continue
         row = {"main_metric": main, main: (quality or {}).get(main)}
         row.update({k: v for k, v in (quality or {}).items() if k not in row})
-        for key in ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms",
+        for key in ("served_as", "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms",
                     "tokens_per_s", "requests_per_s", "prompt_tokens_per_request",
                     "completion_tokens_per_request", "cost_per_1k_requests",
                     "cost_per_1m_tokens"):
@@ -99,20 +99,31 @@ def verdict(models: dict[str, dict], metric: str, bar: float) -> dict[str, Any]:
 
 
 def _funnel(summaries: dict) -> list[dict]:
-    """Rows in -> kept, stage by stage, from the curation and pairs summaries."""
+    """What is left after each step (with its unit and what it dropped), prompts to pairs."""
+    def step(name: str, unit: str, rows, dropped=None, note: str = "") -> dict:
+        return {"step": name, "unit": unit, "rows": rows, "dropped": dropped, "note": note}
+
     funnel = []
-    prompts = summaries.get("prompts", {})
-    if prompts:
-        funnel.append({"step": "train prompts", "rows": prompts.get("train_prompts")})
-    gen = summaries.get("generate", {})
-    if gen:
-        funnel.append({"step": "teacher completions", "rows": gen.get("completions")})
-    for step in summaries.get("curate", {}).get("funnel", []):
-        funnel.append(step)
-    pairs = summaries.get("pairs", {})
-    if pairs:
-        funnel.append({"step": "preference pairs", "rows": pairs.get("pairs")})
+    if prompts := summaries.get("prompts", {}):
+        funnel.append(step("train prompts", "prompts", prompts.get("train_prompts")))
+    if gen := summaries.get("generate", {}):
+        funnel.append(step("teacher completions", "rows", gen.get("completions"),
+                           gen.get("errors")))
+    for s in summaries.get("curate", {}).get("funnel", []):
+        funnel.append(step(s["step"], s.get("unit", "rows"), s.get("out"), s.get("dropped"),
+                           s.get("note", "")))
+    if pairs := summaries.get("pairs", {}):
+        funnel.append(step("preference pairs", "pairs", pairs.get("pairs")))
     return funnel
+
+
+FUNNEL_HEADER = ["step", "unit", "dropped", "left", "note"]
+
+
+def _funnel_cells(f: dict) -> list[str]:
+    dropped = f.get("dropped")
+    return [f["step"], f.get("unit", ""), "" if dropped is None else str(dropped),
+            str(f.get("rows")), f.get("note") or ""]
 
 
 # --- plots ---------------------------------------------------------------------------------
@@ -185,9 +196,9 @@ def plots(report: dict, bench: dict) -> dict[str, str]:
     funnel = [f for f in report["funnel"] if f.get("rows") is not None]
     if funnel:
         fig, ax = plt.subplots(figsize=(6, 0.45 * len(funnel) + 1))
-        ax.barh([f["step"] for f in funnel][::-1], [f["rows"] for f in funnel][::-1],
-                color="#8172b3")
-        ax.set_xlabel("rows")
+        ax.barh([f"{f['step']} ({f['unit']})" for f in funnel][::-1],
+                [f["rows"] for f in funnel][::-1], color="#8172b3")
+        ax.set_xlabel("left after the step")
         ax.set_title("Data funnel")
         out["funnel"] = _png(fig)
         plt.close(fig)
@@ -196,7 +207,7 @@ def plots(report: dict, bench: dict) -> dict[str, str]:
 
 # --- rendering -----------------------------------------------------------------------------
 
-COLUMNS = [("latency_p50_ms", "p50 ms", "{:.0f}"), ("latency_p95_ms", "p95 ms", "{:.0f}"),
+COLUMNS = [("served_as", "served as", "{}"), ("latency_p50_ms", "p50 ms", "{:.0f}"), ("latency_p95_ms", "p95 ms", "{:.0f}"),
            ("ttft_p50_ms", "TTFT p50 ms", "{:.0f}"), ("tokens_per_s", "tokens/s", "{:.1f}"),
            ("prompt_tokens_per_request", "prompt tok/req", "{:.0f}"),
            ("cost_per_1k_requests", "$ / 1k req", "{:.4f}"),
@@ -204,7 +215,7 @@ COLUMNS = [("latency_p50_ms", "p50 ms", "{:.0f}"), ("latency_p95_ms", "p95 ms", 
 
 
 def _fmt(value, pattern: str) -> str:
-    return pattern.format(value) if isinstance(value, (int, float)) else "n/a"
+    return pattern.format(value) if isinstance(value, (int, float, str)) else "n/a"
 
 
 def _metric_cell(row: dict, metric: str) -> str:
@@ -230,8 +241,9 @@ def render_markdown(report: dict) -> str:
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     if report["funnel"]:
-        lines += ["", "## Data funnel", "", "| step | rows |", "|---|---|"]
-        lines += [f"| {f['step']} | {f.get('rows')} |" for f in report["funnel"]]
+        lines += ["", "## Data funnel", "", "| " + " | ".join(FUNNEL_HEADER) + " |",
+                  "|" + "---|" * len(FUNNEL_HEADER)]
+        lines += ["| " + " | ".join(_funnel_cells(f)) + " |" for f in report["funnel"]]
     return "\n".join(lines) + "\n"
 
 
@@ -279,8 +291,7 @@ def render_html(report: dict, images: dict[str, str]) -> str:
     header, rows = table_rows(report)
     imgs = "".join(f'<img alt="{name}" src="data:image/png;base64,{data}">'
                    for name, data in images.items())
-    funnel = _html_table(["step", "rows"], [[f["step"], str(f.get("rows"))]
-                                            for f in report["funnel"]])
+    funnel = _html_table(FUNNEL_HEADER, [_funnel_cells(f) for f in report["funnel"]])
     passes = report["verdict"].get("passes")
     return PAGE.format(run_id=html.escape(str(report["run_id"])),
                        task=html.escape(str(report["task"])),

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from teachers.base import Completion, Messages, SamplingSpec, error_completions, request_seeds
 
-# Measured on the 2-core AVX2 CPU (docs/teacher.md): eager mode skips minutes of torch.compile
+# Measured on the 2-core AVX2 CPU (README, "CPU defaults and measurements"): eager mode skips minutes of torch.compile
 # warm-up, and float32 avoids bf16 matmuls that fall back to slow reference kernels without
 # AVX-512. Applied only when there is no GPU; teacher.engine_kwargs overrides each key.
 CPU_ENGINE_DEFAULTS: dict[str, Any] = {"enforce_eager": True}
@@ -86,10 +87,26 @@ class VLLMGenerator:
         self.startup_s = time.perf_counter() - start
         self.tokenizer = self.llm.get_tokenizer()
         self.lora_request = None
+        self._lora_ids: dict[str, int] = {}
         if lora_path:
-            from vllm.lora.request import LoRARequest
+            self.use_adapter(lora_path)
 
-            self.lora_request = LoRARequest("adapter", 1, str(lora_path))
+    def use_adapter(self, lora_path: str | Path | None) -> None:
+        """Answer with this LoRA adapter from now on (None: the base model).
+
+        Needs an engine built with a `lora_path`; switching costs one adapter load, not an
+        engine start, so several students share one engine.
+        """
+        if lora_path is None:
+            self.lora_request = None
+            return
+        if not self.args.get("enable_lora"):
+            raise ValueError("this engine was started without LoRA: pass lora_path to VLLMGenerator")
+        from vllm.lora.request import LoRARequest
+
+        key = str(lora_path)
+        lora_id = self._lora_ids.setdefault(key, len(self._lora_ids) + 1)
+        self.lora_request = LoRARequest(f"adapter{lora_id}", lora_id, key)
 
     @classmethod
     def from_config(cls, cfg) -> VLLMGenerator:

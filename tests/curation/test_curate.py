@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import read, samples, write_shards, write_test_set
+from curation_helpers import read, samples, write_shards, write_test_set
 from distill.curate import run_curate
 from distill.errors import ConfigError, DataError, StageNotReadyError
 from distill.pipeline import run_stage

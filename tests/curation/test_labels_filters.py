@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import LABELS, gen_row, make_config, samples
+from curation_helpers import LABELS, gen_row, make_config, samples
 from distill.config import FiltersConfig, TaskConfig
 from distill.errors import ConfigError
 from distill.filters import apply_row_filters, build_row_filters, vote_all

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_config, read, samples, write_shards, write_test_set
+from curation_helpers import make_config, read, samples, write_shards, write_test_set
 from distill.config import PairsConfig, TaskConfig
 from distill.curate import run_curate
 from distill.errors import ConfigError

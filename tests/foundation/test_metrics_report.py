@@ -60,11 +60,16 @@ def test_report_renders_from_stage_outputs(tmp_path):
     }))
     manifest = {"run_id": "r1", "config": {"task": {"name": "t"}},
                 "summaries": {"prompts": {"train_prompts": 100},
-                              "generate": {"completions": 300}}}
+                              "generate": {"completions": 300},
+                              "curate": {"funnel": [{"step": "vote: agreement",
+                                                     "unit": "examples", "in": 100,
+                                                     "dropped": 12, "out": 88,
+                                                     "note": "agreement rows 30"}]}}}
     report = build_report(tmp_path, manifest, 0.95)
     assert report["verdict"]["passes"]
-    assert [f["rows"] for f in report["funnel"]] == [100, 300]
+    assert [f["rows"] for f in report["funnel"]] == [100, 300, 88]
     md = render_markdown(report)
+    assert "| vote: agreement | examples | 12 | 88 | agreement rows 30 |" in md
     assert "| student SFT+DPO | 0.840 [0.820, 0.860]" in md
     page = render_html(report, {"quality": "AAAA"})
     assert 'id="verdict"' in page and "data:image/png;base64,AAAA" in page
