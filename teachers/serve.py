@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from distill.errors import DistillError
-from teachers.vllm_engine import CPU_DTYPE, CPU_ENGINE_DEFAULTS, has_gpu
+from teachers.vllm_engine import CPU_DTYPE, CPU_ENGINE_DEFAULTS, cpu_batched_tokens, has_gpu
 
 
 class ServerError(DistillError):
@@ -45,6 +45,9 @@ def serve_command(model_path: str, port: int, *, served_name: str, max_model_len
     if not has_gpu():
         if CPU_ENGINE_DEFAULTS.get("enforce_eager"):
             cmd.append("--enforce-eager")
+        if not CPU_ENGINE_DEFAULTS.get("enable_chunked_prefill", True):
+            cmd += ["--no-enable-chunked-prefill",
+                    "--max-num-batched-tokens", str(cpu_batched_tokens(max_model_len))]
         if dtype == "auto":
             dtype = CPU_DTYPE
     cmd += ["--dtype", dtype]

@@ -15,11 +15,20 @@ from typing import Any
 
 from teachers.base import Completion, Messages, SamplingSpec, error_completions, request_seeds
 
-# Measured on the 2-core AVX2 CPU (README, "CPU defaults and measurements"): eager mode skips minutes of torch.compile
-# warm-up, and float32 avoids bf16 matmuls that fall back to slow reference kernels without
-# AVX-512. Applied only when there is no GPU; teacher.engine_kwargs overrides each key.
-CPU_ENGINE_DEFAULTS: dict[str, Any] = {"enforce_eager": True}
+# Measured on the 2-core AVX2 CPU (README, "CPU defaults and measurements"): eager mode skips
+# minutes of torch.compile warm-up, and float32 avoids bf16 matmuls that fall back to slow
+# reference kernels without AVX-512. Chunked prefill is off because a seeded request whose
+# prompt is split across steps kills the CPU engine ("CPU Generator does not use offset" in
+# vLLM 0.32's _bookkeeping_sync); whole prompts are scheduled instead, so the token budget per
+# step must hold the longest prompt. Applied only without a GPU; teacher.engine_kwargs
+# overrides each key.
+CPU_ENGINE_DEFAULTS: dict[str, Any] = {"enforce_eager": True, "enable_chunked_prefill": False}
 CPU_DTYPE = "float32"
+CPU_MIN_BATCHED_TOKENS = 4096
+
+
+def cpu_batched_tokens(max_model_len: int) -> int:
+    return max(max_model_len, CPU_MIN_BATCHED_TOKENS)
 
 
 def has_gpu() -> bool:
@@ -35,7 +44,7 @@ def engine_args(model_path: str, *, max_model_len: int, dtype: str, engine_kwarg
                             "dtype": dtype}
     if not has_gpu():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-        args.update(CPU_ENGINE_DEFAULTS)
+        args.update(CPU_ENGINE_DEFAULTS, max_num_batched_tokens=cpu_batched_tokens(max_model_len))
         if dtype == "auto":
             args["dtype"] = CPU_DTYPE
     if lora_path:

@@ -30,7 +30,9 @@ def adapter(student_path, tmp_path_factory) -> str:
 def gen(student_path, adapter):
     from teachers.vllm_engine import VLLMGenerator
 
-    g = VLLMGenerator(student_path, max_model_len=256, lora_path=adapter, max_lora_rank=8)
+    # A small step budget, so a handful of prompts spans several engine steps.
+    g = VLLMGenerator(student_path, max_model_len=256, lora_path=adapter, max_lora_rank=8,
+                      engine_kwargs={"max_num_batched_tokens": 512})
     yield g
     g.close()
 
@@ -46,6 +48,18 @@ def test_seeded_sampling_reproduces(gen):
     assert [c.text for c in a] == [c.text for c in b]
     assert [(c.prompt_index, c.sample_index, c.seed) for c in a[:2]] == [(0, 0, 1), (0, 1, 2)]
     assert all(c.ok and c.prompt_tokens > 5 and 0 < c.completion_tokens <= 6 for c in a)
+
+
+def test_seeded_batch_larger_than_one_engine_step(gen):
+    # The prompts exceed one step's token budget. With chunked prefill, a seeded prompt split
+    # across steps killed the CPU engine (vLLM 0.32); the CPU defaults schedule whole prompts.
+    long = [[{"role": "user", "content": f"Review {i}: " + "a slow but moving drama " * 20}]
+            for i in range(6)]
+    assert sum(len(gen.prompt_token_ids(m)) for m in long) > gen.args["max_num_batched_tokens"]
+    assert gen.args["enable_chunked_prefill"] is False
+    out = gen.generate(long, SamplingSpec(n=2, temperature=1.0, max_tokens=2),
+                       seeds=list(range(6)))
+    assert len(out) == 12 and all(c.ok for c in out), [c.error for c in out if not c.ok][:3]
 
 
 def test_choice_structured_output_and_logprobs(gen):
