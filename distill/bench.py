@@ -1,9 +1,10 @@
 """Stage `bench`: latency, throughput and cost of teacher and students on the same engine.
 
-Each model is served by vLLM's OpenAI-compatible server on 127.0.0.1 (the students through one
-server with their LoRA adapters; the final student from `export/merged` when it was exported
-merged, since that is how a one-task student ships), as it would be in production, and driven by a streaming client:
-time to first token and end-to-end latency at concurrency 1, throughput at `bench.concurrency`.
+Each model is served by vLLM's OpenAI-compatible server on 127.0.0.1, as it would be in
+production: each tuned student merged into its base on its own server (`student.serve: merged`,
+how a one-task student ships), or all students on one server with LoRA adapters (`lora`). A
+streaming client measures time to first token and end-to-end latency at concurrency 1, and
+throughput at `bench.concurrency`.
 Each model gets its own prompt: the teacher its full instruction, the distilled students their
 short one; that difference in prompt tokens is part of what distillation buys.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from distill.config import PriceConfig, RunConfig
 from distill.data import read_examples
 from distill.errors import StageNotReadyError
-from distill.evaluate import Contender, contenders
+from distill.evaluate import Contender, contenders, engine_groups, is_merged
 from distill.metrics import percentile
 from distill.rundir import write_json_atomic
 
@@ -112,23 +113,16 @@ def _prompts(run, contender: Contender) -> list[list[dict]]:
     return [contender.prompt(run.cfg.task, t) for t in texts]
 
 
-def _merged_final(run, members: list[Contender]) -> Contender | None:
-    """The final student, when it is to be benchmarked from export/merged (see bench.serve_merged)."""
-    merged = run.dir / "export" / "merged"
-    students = [c for c in members if c.adapter is not None]
-    if not (run.cfg.bench.serve_merged and students and (merged / "config.json").is_file()):
-        return None
-    return students[-1]  # contenders() lists SFT, then DPO: the last is the one exported
-
-
 def _served_as(cfg: RunConfig, c: Contender) -> str:
     if c.role == "teacher" and cfg.teacher.backend == "openai":
         return "API"
-    return "vLLM + LoRA" if c.adapter is not None else "vLLM"
+    if c.adapter is None:
+        return "vLLM"
+    return "vLLM, merged" if cfg.student.serve == "merged" else "vLLM + LoRA"
 
 
 def run_bench(run) -> dict:
-    from distill.engines import served, served_merged
+    from distill.engines import merged_student, served, served_merged
 
     cfg: RunConfig = run.cfg
     if not cfg.bench.enabled:
@@ -136,24 +130,19 @@ def run_bench(run) -> dict:
     if not (run.dir / "prompts" / "test.parquet").exists():
         raise StageNotReadyError("bench needs prompts/test.parquet: run `distill prompts` first")
     results: dict[str, dict] = {}
-    groups: dict[str, list[Contender]] = {}
-    for c in contenders(run):
-        groups.setdefault(c.role, []).append(c)
-    for role, members in groups.items():
-        price = cfg.cost.teacher if role == "teacher" else cfg.cost.student
-        final = _merged_final(run, members) if role == "student" else None
-        shared = [c for c in members if c is not final]
-        adapters = {c.name: c.adapter for c in shared if c.adapter is not None}
-        with served(cfg, role, adapters) as (base_url, names, api_key):
-            for c in shared:
+    for group in engine_groups(cfg, contenders(run)):
+        price = cfg.cost.teacher if group[0].role == "teacher" else cfg.cost.student
+        if is_merged(cfg, group):
+            c = group[0]
+            server = served_merged(cfg, c.name, merged_student(run, c.adapter))
+        else:
+            server = served(cfg, group[0].role,
+                            {c.name: c.adapter for c in group if c.adapter is not None})
+        with server as (base_url, names, api_key):
+            for c in group:
                 results[c.name] = _bench_model((base_url, api_key), names[c.name],
                                                _prompts(run, c), cfg, price)
                 results[c.name]["served_as"] = _served_as(cfg, c)
-        if final is not None:
-            with served_merged(cfg, final.name, run.dir / "export" / "merged") as (url, names, key):
-                results[final.name] = _bench_model((url, key), names[final.name],
-                                                   _prompts(run, final), cfg, price)
-                results[final.name]["served_as"] = "vLLM, merged"
     settings = {"requests": cfg.bench.requests, "concurrency": cfg.bench.concurrency,
                 "max_tokens": cfg.bench.max_tokens, "engine": "vllm serve (OpenAI API)"}
     write_json_atomic(run.stage_dir("bench") / "results.json",

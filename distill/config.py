@@ -41,6 +41,9 @@ class TaskConfig(Section):
     instruction: str = Field(..., description="the teacher's full instruction")
     # The student is served with a short prompt: that is where its latency/cost win comes from.
     student_instruction: str | None = Field(None, description="short instruction for the student")
+    student_system_prompt: str | None = Field(
+        None, description="the distilled student's system message; \"\" sends an empty one "
+                          "instead of the chat template's default (fewer tokens per request)")
     template: str = Field("{instruction}\n\n{input}", description="user turn; {instruction} {input}")
     few_shot: list[FewShotExample] = Field(default_factory=list)
 
@@ -240,6 +243,10 @@ class StudentConfig(Section):
         None, description="e.g. sdpa, eager, flash_attention_2; None: transformers' default"
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    serve: Literal["merged", "lora"] = Field(
+        "merged", description="how eval and bench run the tuned students: merged into the base "
+                              "(how a one-task student ships, no LoRA cost per token) or as "
+                              "LoRA adapters on one engine (multi-adapter serving)")
 
 
 class TrainConfig(Section):
@@ -322,9 +329,6 @@ class BenchConfig(Section):
     requests: int = Field(64, gt=0, description="requests per model and concurrency level")
     concurrency: int = Field(8, gt=0, description="the higher concurrency for throughput")
     max_tokens: int = Field(16, gt=0, description="completion length per request")
-    serve_merged: bool = Field(
-        True, description="serve the final student from export/merged when it exists (how a "
-                          "one-task student ships: no LoRA cost per token); others via LoRA")
 
 
 class PriceConfig(Section):

@@ -19,15 +19,35 @@ def student_max_len(cfg: RunConfig) -> int:
     return max(cfg.student.max_seq_len, cfg.teacher.max_model_len)
 
 
+def merged_student(run, adapter: Path) -> Path:
+    """`adapter` folded into the student's base, cached in `<run>/merged/<stage>/`.
+
+    Rebuilt when the adapter is newer than the cached merge (a retrained stage).
+    """
+    from students.export import merge
+
+    dest = run.dir / "merged" / adapter.parent.name
+    stamp = dest / "distill_merge.json"
+    weights = adapter / "adapter_model.safetensors"
+    if stamp.is_file() and weights.is_file() and stamp.stat().st_mtime >= weights.stat().st_mtime:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return merge(resolve(run.cfg.student.model).path, adapter, dest, run.cfg.export.merged_dtype)
+
+
 @contextmanager
-def open_generator(cfg: RunConfig, role: str, adapter: Path | None = None) -> Iterator:
-    """A `teachers.base.Generator` for `role` ("teacher" or "student"); closed on exit."""
+def open_generator(cfg: RunConfig, role: str, adapter: Path | None = None,
+                   model_path: Path | None = None) -> Iterator:
+    """A `teachers.base.Generator` for `role` ("teacher" or "student"); closed on exit.
+
+    `model_path` replaces the student's base (a merged student); `adapter` adds a LoRA.
+    """
     if role == "teacher":
         generator = _teacher(cfg)
     else:
         from teachers.vllm_engine import VLLMGenerator
 
-        generator = VLLMGenerator(resolve(cfg.student.model).path,
+        generator = VLLMGenerator(str(model_path or resolve(cfg.student.model).path),
                                   max_model_len=student_max_len(cfg),
                                   lora_path=str(adapter) if adapter else None,
                                   max_lora_rank=cfg.student.lora.r, seed=cfg.seed)
@@ -78,7 +98,7 @@ def served(cfg: RunConfig, role: str,
 
 @contextmanager
 def served_merged(cfg: RunConfig, name: str, path: Path) -> Iterator[tuple[str, dict[str, str], str]]:
-    """A merged student (base with the adapter folded in) on its own server."""
+    """A merged student (the base with an adapter folded in) on its own server."""
     from teachers.serve import vllm_server
 
     log = Path(cfg.output_dir) / "bench" / f"vllm_{name}_merged.log"

@@ -93,14 +93,26 @@ def _requests(cfg: RunConfig, c: Contender, examples, general: list[GeneralPromp
     return requests
 
 
+def engine_groups(cfg: RunConfig, everyone: list[Contender]) -> list[list[Contender]]:
+    """Contenders that share one engine: the teacher alone; the students together on one
+    engine with LoRA adapters (`student.serve: lora`), or each tuned student merged on its own."""
+    teacher = [c for c in everyone if c.role == "teacher"]
+    students = [c for c in everyone if c.role == "student"]
+    if cfg.student.serve == "lora":
+        return [teacher, students]
+    return [teacher, [c for c in students if c.adapter is None],
+            *[[c] for c in students if c.adapter is not None]]
+
+
+def is_merged(cfg: RunConfig, group: list[Contender]) -> bool:
+    return cfg.student.serve == "merged" and group[0].adapter is not None
+
+
 def _answer_all(run, group: list[Contender], examples, general: list[GeneralPrompt],
                 out: Path) -> dict[str, dict]:
-    """Greedy answers of contenders that share one engine (same role); each saved as it ends.
-
-    The students share one vLLM engine and switch LoRA adapters, so eval starts two engines,
-    not four. Contenders whose answers are already saved are not asked again.
-    """
-    from distill.engines import open_generator
+    """Greedy answers of the contenders of one engine group; each saved as soon as it ends,
+    and not asked again on a rerun."""
+    from distill.engines import merged_student, open_generator
     from teachers.base import SamplingSpec
 
     cached = {c.name: json.loads((out / f"answers_{c.name}.json").read_text())
@@ -108,10 +120,11 @@ def _answer_all(run, group: list[Contender], examples, general: list[GeneralProm
     todo = [c for c in group if c.name not in cached]
     if not todo:
         return cached
-    adapter = next((c.adapter for c in todo if c.adapter is not None), None)
-    with open_generator(run.cfg, todo[0].role, adapter=adapter) as generator:
+    merged = merged_student(run, todo[0].adapter) if is_merged(run.cfg, todo) else None
+    adapter = None if merged else next((c.adapter for c in todo if c.adapter is not None), None)
+    with open_generator(run.cfg, todo[0].role, adapter=adapter, model_path=merged) as generator:
         for c in todo:
-            if c.role == "student":
+            if c.role == "student" and merged is None:
                 generator.use_adapter(c.adapter)
             answers = []
             for message_lists, max_tokens in _requests(run.cfg, c, examples, general):
@@ -134,8 +147,7 @@ def run_eval(run) -> dict:
     out = run.stage_dir("eval")
     everyone = contenders(run)
     answers: dict[str, dict] = {}
-    for role in ("teacher", "student"):
-        group = [c for c in everyone if c.role == role]
+    for group in engine_groups(cfg, everyone):
         answers.update(_answer_all(run, group, examples, general, out))
     answers = {c.name: answers[c.name] for c in everyone}
 

@@ -36,7 +36,10 @@ def teacher_messages(task: TaskConfig, text: str, few_shot: bool = True) -> list
 def student_messages(task: TaskConfig, text: str) -> list[Message]:
     """The distilled student needs only a short instruction and no few-shot examples."""
     instruction = task.student_instruction or task.instruction
-    return [{"role": "user", "content": _user_turn(task, instruction, text)}]
+    user: Message = {"role": "user", "content": _user_turn(task, instruction, text)}
+    if task.student_system_prompt is None:  # the chat template's default system prompt
+        return [user]
+    return [{"role": "system", "content": task.student_system_prompt}, user]
 
 
 def template_version(task: TaskConfig) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 from distill.errors import DistillError
-from teachers.vllm_engine import CPU_DTYPE, CPU_ENGINE_DEFAULTS, cpu_batched_tokens, has_gpu
+from teachers.vllm_engine import (CPU_DTYPE, CPU_ENGINE_DEFAULTS, cpu_batched_tokens, cpu_engine_env,
+                                  has_gpu)
 
 
 class ServerError(DistillError):
@@ -45,6 +46,8 @@ def serve_command(model_path: str, port: int, *, served_name: str, max_model_len
     if not has_gpu():
         if CPU_ENGINE_DEFAULTS.get("enforce_eager"):
             cmd.append("--enforce-eager")
+        if "block_size" in CPU_ENGINE_DEFAULTS:
+            cmd += ["--block-size", str(CPU_ENGINE_DEFAULTS["block_size"])]
         if not CPU_ENGINE_DEFAULTS.get("enable_chunked_prefill", True):
             cmd += ["--no-enable-chunked-prefill",
                     "--max-num-batched-tokens", str(cpu_batched_tokens(max_model_len))]
@@ -77,7 +80,8 @@ def vllm_server(model_path: str, *, served_name: str = "model", max_model_len: i
                         dtype=dtype, lora_modules=lora_modules, max_lora_rank=max_lora_rank,
                         extra_args=extra_args or [])
     env = {**os.environ}
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    for key, value in (cpu_engine_env() if not has_gpu() else {}).items():
+        env.setdefault(key, value)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)

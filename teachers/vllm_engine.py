@@ -7,6 +7,7 @@ token count is exact. The student can be served with a PEFT LoRA adapter.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,14 +22,30 @@ from teachers.base import Completion, Messages, SamplingSpec, error_completions,
 # prompt is split across steps kills the CPU engine ("CPU Generator does not use offset" in
 # vLLM 0.32's _bookkeeping_sync); whole prompts are scheduled instead, so the token budget per
 # step must hold the longest prompt. Applied only without a GPU; teacher.engine_kwargs
-# overrides each key.
-CPU_ENGINE_DEFAULTS: dict[str, Any] = {"enforce_eager": True, "enable_chunked_prefill": False}
+# overrides each key. Block size 32 (the CPU default is 128) lets the prefix cache hold a
+# prompt's full blocks: the shared system prompt + instruction, and a prompt's own tokens for
+# its later samples (see _engine_call). 60 prompts x 3 samples, Qwen2.5-0.5B: 101 s -> 41 s.
+CPU_ENGINE_DEFAULTS: dict[str, Any] = {"enforce_eager": True, "enable_chunked_prefill": False,
+                                       "block_size": 32}
 CPU_DTYPE = "float32"
 CPU_MIN_BATCHED_TOKENS = 4096
 
 
 def cpu_batched_tokens(max_model_len: int) -> int:
     return max(max_model_len, CPU_MIN_BATCHED_TOKENS)
+
+
+def cpu_engine_env() -> dict[str, str]:
+    """Environment defaults for vLLM on a CPU (existing values win).
+
+    vLLM keeps one core back for its own processes; on a machine with 4 cores or fewer that
+    halves the matmul threads. Measured on 2 cores (Qwen2.5-0.5B, 40 prompts x 3 samples):
+    0.35 prompts/s with the reserve, 0.61 without it.
+    """
+    env = {"VLLM_CPU_KVCACHE_SPACE": "2"}
+    if (os.cpu_count() or 1) <= 4:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    return env
 
 
 def has_gpu() -> bool:
@@ -43,7 +60,8 @@ def engine_args(model_path: str, *, max_model_len: int, dtype: str, engine_kwarg
     args: dict[str, Any] = {"model": model_path, "max_model_len": max_model_len, "seed": seed,
                             "dtype": dtype}
     if not has_gpu():
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        for key, value in cpu_engine_env().items():
+            os.environ.setdefault(key, value)
         args.update(CPU_ENGINE_DEFAULTS, max_num_batched_tokens=cpu_batched_tokens(max_model_len))
         if dtype == "auto":
             args["dtype"] = CPU_DTYPE
@@ -179,26 +197,42 @@ class VLLMGenerator:
             return out
 
     def _engine_call(self, ready, sampling, base_seeds) -> dict[int, list[Completion]]:
-        prompts = [{"prompt_token_ids": ids} for _, ids in ready]
-        params = [to_vllm_params(sampling, base_seeds[i]) for i, _ in ready]
+        """Sample 0 of every prompt first, then samples 1..n-1 as single-sample requests.
+
+        vLLM schedules the n children of one request in the same step, so each of them
+        prefills the prompt again (no prefix-cache hit yet). Asking for sample 0 first puts
+        every prompt in the prefix cache, and the other samples reuse it (on a CPU with
+        block_size 32: 60 prompts x 3 samples of Qwen2.5-0.5B in 41 s instead of 101 s).
+        Sample i is seeded with seed + i, so every row stays reproducible.
+        """
+        one = dataclasses.replace(sampling, n=1)
         start = time.perf_counter()
+        first = self._call([(i, ids, 0) for i, ids in ready], one, base_seeds)
+        rest = [(i, ids, k) for k in range(1, sampling.n) for i, ids in ready]
+        later = self._call(rest, one, base_seeds) if rest else []
+        batch_s = time.perf_counter() - start
+        results: dict[int, list[Completion]] = {i: [] for i, _ in ready}
+        for (i, ids, k), out in [*first, *later]:
+            sample = out.outputs[0]
+            seed = base_seeds[i]
+            results[i].append(Completion(
+                prompt_index=i, sample_index=k, text=sample.text, prompt_tokens=len(ids),
+                completion_tokens=len(sample.token_ids),
+                finish_reason=sample.finish_reason or "stop",
+                latency_s=_request_latency(out, batch_s),
+                seed=None if seed is None else seed + k, logprobs=_logprobs_json(sample)))
+        for completions in results.values():
+            completions.sort(key=lambda c: c.sample_index)
+        return results
+
+    def _call(self, requests: list[tuple[int, list[int], int]], sampling: SamplingSpec,
+              base_seeds: list[int | None]) -> list[tuple[tuple[int, list[int], int], Any]]:
+        prompts = [{"prompt_token_ids": ids} for _, ids, _ in requests]
+        params = [to_vllm_params(sampling, None if base_seeds[i] is None else base_seeds[i] + k)
+                  for i, _, k in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False,
                                     lora_request=self.lora_request)
-        batch_s = time.perf_counter() - start
-        results: dict[int, list[Completion]] = {}
-        for (i, ids), out in zip(ready, outputs):
-            latency = _request_latency(out, batch_s)
-            seed = base_seeds[i]
-            results[i] = [
-                Completion(
-                    prompt_index=i, sample_index=s.index, text=s.text, prompt_tokens=len(ids),
-                    completion_tokens=len(s.token_ids), finish_reason=s.finish_reason or "stop",
-                    latency_s=latency, seed=None if seed is None else seed + s.index,
-                    logprobs=_logprobs_json(s),
-                )
-                for s in sorted(out.outputs, key=lambda s: s.index)
-            ]
-        return results
+        return list(zip(requests, outputs))
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

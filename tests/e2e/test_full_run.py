@@ -44,9 +44,10 @@ def test_full_run_writes_every_stage_and_the_report(tiny_run):
         for key in ("latency_p50_ms", "latency_p95_ms", "tokens_per_s", "cost_per_1k_requests"):
             assert row[key] is not None and row[key] > 0, (name, key)
         assert row["latency_p95_ms"] >= row["latency_p50_ms"]
-    # The final student is benchmarked as it ships (merged), the SFT one through LoRA.
+    # The tuned students are evaluated and benchmarked as they ship: merged into the base.
     assert report["models"]["student_dpo"]["served_as"] == "vLLM, merged"
-    assert report["models"]["student_sft"]["served_as"] == "vLLM + LoRA"
+    assert report["models"]["student_sft"]["served_as"] == "vLLM, merged"
+    assert (tiny_run / "merged" / "sft" / "config.json").is_file()
     assert report["verdict"]["passes"] in (True, False)
     assert report["verdict"]["text"]
     # The distilled student is served with the short prompt: fewer prompt tokens per request.
