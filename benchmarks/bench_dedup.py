@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill import dedup as dd  # noqa: E402
-from distill.dedup_index import IndexedDocs  # noqa: E402
-from distill.dedup_minhash import MinHashParams, exact_key, lsh_params  # noqa: E402
+from distill.curation import dedup as dd  # noqa: E402
+from distill.curation.dedup_index import IndexedDocs  # noqa: E402
+from distill.curation.minhash import MinHashParams, lsh_params  # noqa: E402
 
 
 def make_corpus(n_docs: int, seed: int = 0, dup_fraction: float = 0.15):

@@ -3,7 +3,7 @@
     python benchmarks/bench_generation.py --prompts 256 --max-tokens 64
 
 One process: plain vLLM first (engine start-up timed apart from generation), then
-`teachers.stage.run_generate` on a local Ray with one replica. Our figure is reported twice:
+`teachers.generate.run_generate` on a local Ray with one replica. Our figure is reported twice:
 end to end (Ray start, actor and engine start-up included) and steady state (generation wall
 time inside the actor pool, start-up excluded), so the ratio is honest either way.
 """
@@ -48,7 +48,7 @@ def ours(texts: list[str], max_tokens: int, batch_size: int, engine: dict) -> di
     import ray
 
     from teacher_helpers import make_run
-    from teachers.stage import run_generate
+    from teachers.generate import run_generate
 
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False)
@@ -75,8 +75,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--model", default="packaged:smollm2-135m-instruct")
     args = ap.parse_args()
-    from distill.models import resolve
-    from distill.prompts import teacher_messages
+    from distill.core.models import resolve
+    from distill.core.messages import teacher_messages
     from teacher_helpers import make_run  # noqa: F401  (same task as the tests)
     from teachers.vllm_engine import engine_args
 

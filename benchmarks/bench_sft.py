@@ -150,8 +150,8 @@ def arm_plain(args, rows) -> dict:
 
 
 def arm_ours(args, rows, packing: bool, quantization: str = "nf4") -> dict:
-    from distill.config import load_config
-    from distill.rundir import Run
+    from distill.core.config import load_config
+    from distill.core.rundir import Run
     from students.sft import run_sft
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +164,7 @@ def arm_ours(args, rows, packing: bool, quantization: str = "nf4") -> dict:
 def arm_load(args, bits: int) -> dict:
     import torch
 
-    from distill.config import StudentConfig
+    from distill.core.config import StudentConfig
     from students import modeling
 
     gpu = torch.cuda.is_available()
@@ -260,7 +260,7 @@ def main() -> None:
 
     import torch
 
-    from distill.models import resolve
+    from distill.core.models import resolve
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.random_llama:

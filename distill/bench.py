@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from distill.config import PriceConfig, RunConfig
+from distill.core.config import PriceConfig, RunConfig
 from distill.data import read_examples
-from distill.errors import StageNotReadyError
-from distill.evaluate import Contender, contenders, engine_groups, is_merged
+from distill.core.errors import StageNotReadyError
+from distill.eval import Contender, contenders, engine_groups, is_merged
 from distill.metrics import percentile
-from distill.rundir import write_json_atomic
+from distill.core.io import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -107,37 +106,41 @@ def _bench_model(server: tuple[str, str], served_name: str, prompts: list[list[d
 
 
 def _prompts(run, contender: Contender) -> list[list[dict]]:
-    examples = read_examples(run.dir / "prompts" / "test.parquet")
+    examples = read_examples(run.paths.test_prompts)
     n = run.cfg.bench.requests
     texts = [examples[i % len(examples)].text for i in range(n)]
     return [contender.prompt(run.cfg.task, t) for t in texts]
 
 
 def _served_as(cfg: RunConfig, c: Contender) -> str:
-    if c.role == "teacher" and cfg.teacher.backend == "openai":
-        return "API"
+    if c.role == "teacher":
+        return {"openai": "API", "vllm": "vLLM"}.get(cfg.teacher.backend, "vLLM (no server "
+                                                                          "for transformers)")
     if c.adapter is None:
         return "vLLM"
     return "vLLM, merged" if cfg.student.serve == "merged" else "vLLM + LoRA"
 
 
 def run_bench(run) -> dict:
-    from distill.engines import merged_student, served, served_merged
+    from distill.engines import merged_student, served_merged, served_students, served_teacher
 
     cfg: RunConfig = run.cfg
     if not cfg.bench.enabled:
         return {"skipped": True}
-    if not (run.dir / "prompts" / "test.parquet").exists():
+    if not run.paths.test_prompts.exists():
         raise StageNotReadyError("bench needs prompts/test.parquet: run `distill prompts` first")
     results: dict[str, dict] = {}
     for group in engine_groups(cfg, contenders(run)):
         price = cfg.cost.teacher if group[0].role == "teacher" else cfg.cost.student
-        if is_merged(cfg, group):
+        if group[0].role == "teacher":
+            server = served_teacher(cfg, run.paths.server_log("teacher"))
+        elif is_merged(cfg, group):
             c = group[0]
-            server = served_merged(cfg, c.name, merged_student(run, c.adapter))
+            server = served_merged(cfg, c.name, merged_student(run, c.adapter),
+                                   run.paths.server_log(f"{c.name}_merged"))
         else:
-            server = served(cfg, group[0].role,
-                            {c.name: c.adapter for c in group if c.adapter is not None})
+            server = served_students(cfg, {c.name: c.adapter for c in group if c.adapter},
+                                     run.paths.server_log("student"))
         with server as (base_url, names, api_key):
             for c in group:
                 results[c.name] = _bench_model((base_url, api_key), names[c.name],
@@ -145,7 +148,7 @@ def run_bench(run) -> dict:
                 results[c.name]["served_as"] = _served_as(cfg, c)
     settings = {"requests": cfg.bench.requests, "concurrency": cfg.bench.concurrency,
                 "max_tokens": cfg.bench.max_tokens, "engine": "vllm serve (OpenAI API)"}
-    write_json_atomic(run.stage_dir("bench") / "results.json",
+    write_json_atomic(run.paths.bench_results,
                       {"settings": settings, "models": results})
     return {name: {k: round(v, 4) for k, v in r.items()
                    if k in ("latency_p50_ms", "latency_p95_ms", "cost_per_1k_requests")}

@@ -16,7 +16,15 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from distill.errors import DistillError
+from distill import pipeline, promote as promotion, refresh as refreshing
+from distill.core.config import load_config
+from distill.core.errors import DistillError
+from distill.core.models import PACKAGED, list_models, prepare_packaged
+from distill.core.rundir import Run
+from ray_jobs import logs as job_logs_api
+from ray_jobs import schedule as scheduling
+from ray_jobs import status as job_status_api
+from ray_jobs import submit as submission
 
 app = typer.Typer(help="Teacher-student distillation: generate, curate, train, evaluate, report.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -48,14 +56,12 @@ def user_errors(func: Callable) -> Callable:
 
 
 def _run(config: Path, overrides: Optional[list[str]]):
-    from distill.config import load_config
-    from distill.rundir import Run
     return Run(load_config(config, overrides))
 
 
-def _stage(config: Path, overrides: Optional[list[str]], name: str, force: bool) -> None:
-    from distill.pipeline import run_stage
-    summary = run_stage(_run(config, overrides), name, force=force)
+def _stage(config: Path, overrides: Optional[list[str]], stage: pipeline.Stage,
+           force: bool) -> None:
+    summary = pipeline.run_stage(_run(config, overrides), stage, force=force)
     if summary:
         console.print_json(json.dumps(summary, default=str))
 
@@ -67,7 +73,6 @@ def _stage(config: Path, overrides: Optional[list[str]], name: str, force: bool)
 @user_errors
 def config_validate(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt):
     """Check a config; report every problem with its line and key path."""
-    from distill.config import load_config
     cfg = load_config(config, overrides)
     console.print(f"[green]ok[/green] {config} (run {cfg.run_name}, hash {cfg.config_hash()})")
 
@@ -76,7 +81,6 @@ def config_validate(config: Path = ConfigArg, overrides: Optional[list[str]] = O
 @user_errors
 def config_show(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt):
     """Print the fully resolved config, defaults filled in."""
-    from distill.config import load_config
     cfg = load_config(config, overrides)
     sys.stdout.write(yaml.safe_dump(cfg.resolved(), sort_keys=False))
 
@@ -88,7 +92,6 @@ def config_show(config: Path = ConfigArg, overrides: Optional[list[str]] = Overr
 @user_errors
 def models_list():
     """Packaged models, whether their packages are installed, and where they are prepared."""
-    from distill.models import list_models
     table = Table("name", "installed", "prepared", "folder", "description")
     for row in list_models():
         table.add_row(row["name"], str(row["installed"]), str(row["prepared"]), row["folder"],
@@ -105,7 +108,6 @@ def models_prepare(
     force: bool = typer.Option(False, "--force", help="convert again even if cached"),
 ):
     """Convert a packaged GGUF once into a cached safetensors folder (sha256 checked)."""
-    from distill.models import PACKAGED, prepare_packaged
     names = list(PACKAGED) if all_ else [name.removeprefix("packaged:")] if name else []
     if not names:
         raise DistillError("name a packaged model, or pass --all")
@@ -121,7 +123,7 @@ def models_prepare(
 def prompts(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
             force: bool = ForceOpt):
     """Load task data and split off the held-out test set."""
-    _stage(config, overrides, "prompts", force)
+    _stage(config, overrides, pipeline.PROMPTS, force)
 
 
 @app.command("generate")
@@ -129,7 +131,7 @@ def prompts(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideO
 def generate(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
              force: bool = ForceOpt):
     """Teacher generation (resumable: only missing prompts are generated)."""
-    _stage(config, overrides, "generate", force)
+    _stage(config, overrides, pipeline.GENERATE, force)
 
 
 @app.command("curate")
@@ -137,7 +139,7 @@ def generate(config: Path = ConfigArg, overrides: Optional[list[str]] = Override
 def curate(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
            force: bool = ForceOpt):
     """Quality filters, exact + MinHash near-dedup, decontamination."""
-    _stage(config, overrides, "curate", force)
+    _stage(config, overrides, pipeline.CURATE, force)
 
 
 @app.command("pairs")
@@ -145,7 +147,7 @@ def curate(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOp
 def pairs(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
           force: bool = ForceOpt):
     """Preference pairs for DPO."""
-    _stage(config, overrides, "pairs", force)
+    _stage(config, overrides, pipeline.PAIRS, force)
 
 
 @train_app.command("sft")
@@ -153,7 +155,7 @@ def pairs(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt
 def train_sft(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
               force: bool = ForceOpt):
     """QLoRA SFT of the student (resumes from the last checkpoint)."""
-    _stage(config, overrides, "sft", force)
+    _stage(config, overrides, pipeline.SFT, force)
 
 
 @train_app.command("dpo")
@@ -161,7 +163,7 @@ def train_sft(config: Path = ConfigArg, overrides: Optional[list[str]] = Overrid
 def train_dpo(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
               force: bool = ForceOpt):
     """DPO on top of the SFT adapter."""
-    _stage(config, overrides, "dpo", force)
+    _stage(config, overrides, pipeline.DPO, force)
 
 
 @app.command("export")
@@ -169,7 +171,7 @@ def train_dpo(config: Path = ConfigArg, overrides: Optional[list[str]] = Overrid
 def export(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
            force: bool = ForceOpt):
     """Write the adapter's model card and, if configured, a merged model."""
-    _stage(config, overrides, "export", force)
+    _stage(config, overrides, pipeline.EXPORT, force)
 
 
 @app.command("eval")
@@ -177,7 +179,7 @@ def export(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOp
 def evaluate(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
              force: bool = ForceOpt):
     """Held-out quality of teacher, student base, SFT and DPO students."""
-    _stage(config, overrides, "eval", force)
+    _stage(config, overrides, pipeline.EVAL, force)
 
 
 @app.command("bench")
@@ -185,7 +187,7 @@ def evaluate(config: Path = ConfigArg, overrides: Optional[list[str]] = Override
 def bench(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
           force: bool = ForceOpt):
     """Latency, throughput and cost of teacher and student."""
-    _stage(config, overrides, "bench", force)
+    _stage(config, overrides, pipeline.BENCH, force)
 
 
 @app.command("report")
@@ -193,28 +195,26 @@ def bench(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt
 def report(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
            force: bool = ForceOpt):
     """HTML, Markdown and JSON report."""
-    _stage(config, overrides, "report", force)
+    _stage(config, overrides, pipeline.REPORT, force)
 
 
 @app.command("run")
 @user_errors
 def run(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
-        force: bool = ForceOpt):
+        force: bool = ForceOpt,
+        stages: Optional[list[str]] = typer.Option(
+            None, "--stage", help="only these stages, in data-flow order (repeatable)")):
     """Every stage in order; stages already done in the run dir are skipped (resume)."""
-    from distill.pipeline import run_all
     r = _run(config, overrides)
-    missing = run_all(r, force=force)
+    pipeline.run_all(r, force=force, only=tuple(stages or ()))
     table = Table("stage", "status", "seconds", title=f"run {r.run_id}: {r.dir}")
     for name, entry in r.manifest["stages"].items():
         table.add_row(name, entry.get("status", "?"), str(entry.get("seconds", "")))
-    for name in missing:
-        table.add_row(name, "[yellow]not built yet[/yellow]", "")
     console.print(table)
-    report_json = r.dir / "report" / "report.json"
-    if report_json.exists():
-        verdict = json.loads(report_json.read_text())["verdict"]
+    if r.paths.report_json.exists():
+        verdict = json.loads(r.paths.report_json.read_text())["verdict"]
         console.print(f"[bold]verdict:[/bold] {verdict['text']}")
-        console.print(f"report: {r.dir / 'report' / 'report.html'} (also report.md, report.json)")
+        console.print(f"report: {r.paths.report_html} (also report.md, report.json)")
 
 
 # --- cluster jobs and scheduled refreshes (ray_jobs/) ------------------------------------------
@@ -237,14 +237,14 @@ def submit(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOp
     """Submit the run to a Ray cluster (Jobs API). Same run + trigger = same job (idempotent)."""
     from datetime import datetime, timezone
 
-    from distill.config import load_config
-    from ray_jobs import jobs
     cfg = load_config(config, overrides)
+    for name in stages or ():
+        pipeline.stage_by_name(name)  # refused here, not on the cluster
     command = "refresh" if refresh_ else "stages" if stages else "run"
     if refresh_ and trigger is None:
         trigger = datetime.now(timezone.utc).strftime("%Y%m%d")
-    sub = jobs.build_submission(cfg, command, tuple(stages or ()), trigger, python)
-    result = jobs.submit(address, sub)
+    sub = submission.build_submission(cfg, command, tuple(stages or ()), trigger, python)
+    result = submission.submit(address, sub)
     verb = "submitted" if result.created else "already submitted, not started again"
     console.print(f"{verb}: [bold]{result.submission_id}[/bold] ({result.status})")
     if wait:
@@ -252,10 +252,9 @@ def submit(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOp
 
 
 def _follow(address: str, submission_id: str) -> None:
-    from ray_jobs import jobs
-    for chunk in jobs.follow_logs(address, submission_id):
+    for chunk in job_logs_api.follow_logs(address, submission_id):
         sys.stdout.write(chunk)
-    state = jobs.status(address, submission_id)
+    state = job_status_api.status(address, submission_id)
     console.print(f"{submission_id}: {state}")
     if state != "SUCCEEDED":
         raise typer.Exit(1)
@@ -266,8 +265,7 @@ def _follow(address: str, submission_id: str) -> None:
 def job_status(submission_id: str = typer.Argument(..., help="from `distill submit`"),
                address: str = AddressOpt):
     """A submitted job's state, entrypoint and timings."""
-    from ray_jobs import jobs
-    info = jobs.job_info(address, submission_id)
+    info = job_status_api.job_info(address, submission_id)
     console.print_json(json.dumps({
         "submission_id": submission_id, "status": str(info.status), "message": info.message,
         "entrypoint": info.entrypoint, "start_time": info.start_time, "end_time": info.end_time,
@@ -280,11 +278,10 @@ def job_logs(submission_id: str = typer.Argument(..., help="from `distill submit
              address: str = AddressOpt,
              follow: bool = typer.Option(False, "--follow", "-f", help="until the job ends")):
     """A submitted job's logs."""
-    from ray_jobs import jobs
     if follow:
         _follow(address, submission_id)
     else:
-        sys.stdout.write(jobs.logs(address, submission_id))
+        sys.stdout.write(job_logs_api.logs(address, submission_id))
 
 
 @app.command("refresh")
@@ -294,19 +291,17 @@ def refresh(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideO
             rollback: bool = typer.Option(False, "--rollback",
                                           help="promote again the previously promoted student")):
     """Incremental cycle: new prompts only, dedup against the index, retrain, gate, promote."""
-    from distill.config import load_config
-    from ray_jobs import refresh as R
     cfg = load_config(config, overrides)
     if rollback:
-        record = R.rollback(cfg)
+        record = promotion.rollback(cfg)
         console.print(f"promoted {record['version']} again ({record['adapter']})")
         return
     if not list_:
-        result = R.refresh(cfg)
-        console.print_json(R.dumps(result))
+        result = refreshing.refresh(cfg, pipeline.run_stage)
+        console.print_json(refreshing.dumps(result))
     table = Table("version", "status", "new prompts", "metric", "promoted",
                   title=f"refreshes of {cfg.output_dir}")
-    for row in R.version_table(Path(cfg.output_dir)):
+    for row in refreshing.version_table(Path(cfg.output_dir)):
         table.add_row(row["version"], str(row["status"]), str(row["new_prompts"] or ""),
                       "" if row["value"] is None else f"{row['value']:.4f}",
                       "[green]yes[/green]" if row["promoted"] else "")
@@ -318,9 +313,7 @@ def refresh(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideO
 def promote(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
             version: str = typer.Option(..., "--version", help="v0000 (first run), v0001, ...")):
     """Point promoted.json at an evaluated version (manual promotion or rollback)."""
-    from distill.config import load_config
-    from ray_jobs import refresh as R
-    record = R.promote_version(load_config(config, overrides), version)
+    record = promotion.promote_version(load_config(config, overrides), version)
     console.print(f"promoted {record['version']}: {record['adapter']} "
                   f"({record['metric']} {record['value']:.4f})")
 
@@ -345,19 +338,16 @@ def schedule(config: Path = ConfigArg, overrides: Optional[list[str]] = Override
              max_fires: Optional[int] = typer.Option(None, "--max-fires",
                                                      help="scheduler: stop after N submissions")):
     """Scheduled refreshes: KubeRay RayCronJob + CronJob manifests, or a built-in scheduler."""
-    from distill.config import load_config
-    from ray_jobs import jobs
-    from ray_jobs import schedule as S
     cfg = load_config(config, overrides)
     if run_scheduler:
         def fire(t):
-            sub = jobs.build_submission(cfg, "refresh", trigger=S.fire_trigger(t))
-            r = jobs.submit(address, sub)
+            sub = submission.build_submission(cfg, "refresh", trigger=scheduling.fire_trigger(t))
+            r = submission.submit(address, sub)
             return f"{r.submission_id} ({'submitted' if r.created else 'already submitted'})"
-        S.run_scheduler(cron, fire, max_fires=max_fires, log=console.print)
+        scheduling.run_scheduler(cron, fire, max_fires=max_fires, log=console.print)
         return
     from importlib.metadata import version as pkg_version
-    paths = S.write_manifests(cfg, cron, out, config_in_image=config_in_image or str(config),
+    paths = scheduling.write_manifests(cfg, cron, out, config_in_image=config_in_image or str(config),
                               image=image, address=address, ray_version=pkg_version("ray"),
                               workers=workers, time_zone=time_zone)
     for p in paths:

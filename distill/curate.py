@@ -12,19 +12,19 @@ same `dedup.index_dir` drops what duplicates them.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from distill.errors import DataError, StageNotReadyError
-from distill.filters import Example, Rejected, apply_row_filters, build_row_filters, vote_all
-from distill.rundir import Run
+from distill.core.errors import DataError, StageNotReadyError
+from distill.core.io import atomic_outputs
+from distill.core.ray_init import ensure_ray
+from distill.curation.filters import Example, Rejected, apply_row_filters, build_row_filters, vote_all
+from distill.core.rundir import Run
 
 console = Console()
 
@@ -39,10 +39,10 @@ OPTIONAL_COLUMNS = ("label", "sample_index", "prompt_id")
 
 
 def shard_paths(run: Run) -> list[Path]:
-    shards = sorted(run.dir.joinpath("generate", "shards").glob("*.parquet"))
+    shards = sorted(run.paths.generate_shards.glob("*.parquet"))
     if not shards:
         raise StageNotReadyError(
-            f"no teacher completions in {run.dir / 'generate' / 'shards'}: run `distill generate` first")
+            f"no teacher completions in {run.paths.generate_shards}: run `distill generate` first")
     return shards
 
 
@@ -95,7 +95,7 @@ def read_generate_rows(run: Run) -> list[dict[str, Any]]:
 def read_test_texts(run: Run) -> list[str]:
     import pyarrow.parquet as pq
 
-    path = run.dir / "prompts" / "test.parquet"
+    path = run.paths.test_prompts
     if not path.exists():
         raise StageNotReadyError(f"decontamination needs the held-out set {path}: "
                                  "run the prompts stage first (or set decontam.enabled: false)")
@@ -109,19 +109,6 @@ def read_test_texts(run: Run) -> list[str]:
 
 
 TRAIN_SCHEMA_FIELDS = ("example_id", "text", "label", "target", "row_ids", "agreement")
-
-
-@contextmanager
-def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
-    """Yield temp paths; rename them all onto `paths` only if the block succeeds."""
-    tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in paths]
-    try:
-        yield tmps
-        for tmp, final in zip(tmps, paths):
-            os.replace(tmp, final)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
 
 
 def _write_train(examples: list[Example], path: Path) -> None:
@@ -234,8 +221,7 @@ def run_curate(run: Run) -> dict[str, Any]:
         funnel.add("decontamination", "examples", n_in, decontam_dropped,
                    note=f"{cfg.decontam.method} vs {len(test_texts)} test rows")
 
-    out_dir = run.stage_dir("curate")
-    with atomic_outputs(out_dir / "rejects.parquet", out_dir / "train.parquet") as (rej_tmp, tr_tmp):
+    with atomic_outputs(run.paths.rejects, run.paths.curated) as (rej_tmp, tr_tmp):
         _write_rejects(rejects, rej_tmp)
         _write_train(examples, tr_tmp)
     index_path = index_update.commit(examples)  # after the outputs: see distill/dedup_index.py
@@ -261,7 +247,7 @@ def run_curate(run: Run) -> dict[str, Any]:
 
 
 def _contaminated(fields, test_texts, dcfg):
-    from distill.decontam import contaminated
+    from distill.curation.decontam import contaminated
 
     return contaminated(fields, test_texts, dcfg)
 
@@ -273,14 +259,14 @@ def _mean(values: list[float | None]) -> float | None:
 
 def _dedup(run: Run, examples: list[Example], rows, rejects: list[Rejected], funnel: Funnel):
     """Exact then near dedup. Returns (summary, kept examples, the pending index update)."""
-    from distill import dedup as dd
-    from distill.dedup_index import IndexedDocs
+    from distill.curation import dedup as dd
+    from distill.curation.dedup_index import IndexedDocs
 
     cfg = run.cfg.dedup
     summary: dict[str, Any] = {"exact_dropped": 0, "near_dropped": 0, "dropped_total": 0}
     if not (cfg.exact or cfg.near):
         return summary, examples, IndexUpdate()
-    index = dd.open_index(cfg, run.dir / "dedup_index")
+    index = dd.open_index(cfg, run.paths.dedup_index)
     segment = _segment_id(rows)
     old = index.load(exclude=segment)
     params, cand = dd.resolve_params(cfg)
@@ -308,7 +294,7 @@ def _dedup(run: Run, examples: list[Example], rows, rejects: list[Rejected], fun
     chars = np.array([len(t) for t in texts], dtype=np.int64)
     keys = [e.example_id for e in examples]
     if cfg.use_ray and len(texts) > cfg.batch_size:  # one batch gains nothing from Ray
-        dd.ensure_ray(run.cfg.ray.address, run.cfg.ray.num_cpus)
+        ensure_ray(run.cfg)
         sigs = dd.signatures_ray(texts, params, cfg.batch_size)
     else:
         sigs = dd.signatures_local(texts, params)

@@ -21,9 +21,10 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distill.config import DataConfig, RunConfig
-from distill.errors import DataError
-from distill.prompts import text_id
+from distill.core.config import DataConfig, RunConfig
+from distill.core.errors import DataError
+from distill.core.io import write_parquet_atomic
+from distill.core.messages import text_id
 
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 ROTTEN_TOMATOES_LABELS = {"fresh": "positive", "rotten": "negative"}
@@ -230,42 +231,8 @@ def stratified_split(examples: list[Example], test_size: int,
 
 def write_examples(path: Path, examples: list[Example]) -> None:
     table = pa.Table.from_pylist([asdict(e) for e in examples], schema=EXAMPLE_SCHEMA)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    write_parquet_atomic(path, table)
 
 
 def read_examples(path: Path) -> list[Example]:
     return [Example(**row) for row in pq.read_table(path, schema=EXAMPLE_SCHEMA).to_pylist()]
-
-
-def run_prompts(run) -> dict:
-    """Stage `prompts`: load, dedup, split; write prompts/{train,test}.parquet."""
-    cfg: RunConfig = run.cfg
-    out = run.stage_dir("prompts")
-    examples, bad, duplicates = collect(load_rows(cfg), cfg.data.on_bad_row)
-    if not examples:
-        raise DataError("no usable examples in the prompt source")
-    train, test = stratified_split(examples, cfg.data.test_size, cfg.seed)
-    if cfg.data.max_train_prompts is not None:
-        train = train[: cfg.data.max_train_prompts]
-    with (out / "bad_rows.jsonl").open("w") as fh:
-        for row in bad:
-            fh.write(json.dumps(asdict(row)) + "\n")
-    write_examples(out / "test.parquet", test)
-    write_examples(out / "train.parquet", train)
-    summary = {
-        "examples": len(examples), "duplicates_dropped": duplicates, "bad_rows": len(bad),
-        "train_prompts": len(train), "test_examples": len(test),
-        "train_labels": _label_counts(train), "test_labels": _label_counts(test),
-    }
-    if bad:
-        summary["bad_rows_file"] = str(out / "bad_rows.jsonl")
-    return summary
-
-
-def _label_counts(examples: list[Example]) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for ex in examples:
-        counts[str(ex.label)] += 1
-    return dict(sorted(counts.items()))

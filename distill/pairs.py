@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from rich.console import Console
 
-from distill.config import PairsConfig, TaskConfig
-from distill.errors import ConfigError, DistillError, StageNotReadyError
-from distill.labels import canonical_json, normalize_label
-from distill.rundir import Run
+from distill.core.config import PairsConfig, TaskConfig
+from distill.core.errors import ConfigError, StageNotReadyError
+from distill.core.io import write_parquet_atomic
+from distill.curation.labels import canonical_json, normalize_label
+from distill.core.rundir import Run
 
 console = Console()
 
@@ -130,19 +132,13 @@ class JudgeScorer:
         return self.score_batch([(text, completion)])[0]
 
 
-def build_judge(run: Run) -> JudgeScorer:
-    """The teacher as judge, on vLLM, loaded only when `pairs.scorer: judge`.
+def build_judge(run: Run, engines: ExitStack) -> JudgeScorer:
+    """The teacher as judge through its configured backend (the engine builder's), loaded only
+    when `pairs.scorer: judge`; `engines` closes it when the pairs are made."""
+    from distill.engines import chat, open_teacher
 
-    Expects `teachers.vllm_engine.VLLMGenerator.from_config(cfg)` with
-    `.chat(list_of_message_lists, max_tokens=..., temperature=...) -> list[str]`.
-    """
-    try:
-        from teachers.vllm_engine import VLLMGenerator
-    except ImportError as exc:
-        raise DistillError(f"pairs.scorer=judge needs teachers.vllm_engine ({exc})") from None
-    gen = VLLMGenerator.from_config(run.cfg)
-    max_tokens = run.cfg.pairs.judge_max_tokens
-    return JudgeScorer(lambda msgs: gen.chat(msgs, max_tokens=max_tokens, temperature=0.0),
+    teacher = engines.enter_context(open_teacher(run.cfg))
+    return JudgeScorer(chat(teacher, run.cfg.pairs.judge_max_tokens, run.cfg.seed),
                        run.cfg.pairs.judge_rubric)
 
 
@@ -327,10 +323,10 @@ def run_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from distill.curate import atomic_outputs, read_generate_rows
+    from distill.curate import read_generate_rows
 
     cfg, task = run.cfg.pairs, run.cfg.task
-    train_path = run.dir / "curate" / "train.parquet"
+    train_path = run.paths.curated
     if not train_path.exists():
         raise StageNotReadyError(f"pairs need {train_path}: run `distill curate` first")
     examples = pq.read_table(train_path).to_pylist()
@@ -338,18 +334,17 @@ def run_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
     for row in read_generate_rows(run):
         samples.setdefault(row["example_id"], []).append(row["completion"])
     batch_score = None
-    if cfg.scorer == "judge" and judge is None:
-        judge = build_judge(run)
-    if cfg.scorer == "judge" and hasattr(judge, "score_batch"):
-        batch_score = judge.score_batch
-    score = example_scorer(cfg, task, judge)
-    pairs, stats = make_pairs(examples, samples, task, cfg, score, batch_score)
+    with ExitStack() as engines:
+        if cfg.scorer == "judge" and judge is None:
+            judge = build_judge(run, engines)
+        if cfg.scorer == "judge" and hasattr(judge, "score_batch"):
+            batch_score = judge.score_batch
+        score = example_scorer(cfg, task, judge)
+        pairs, stats = make_pairs(examples, samples, task, cfg, score, batch_score)
 
-    path = run.stage_dir("pairs") / "pairs.parquet"
     schema = pa.schema([(c, pa.float64() if c.endswith("score") or c == "margin" else pa.string())
                         for c in PAIR_COLUMNS])
-    with atomic_outputs(path) as (tmp,):
-        pq.write_table(pa.Table.from_pylist(pairs, schema=schema), tmp)
+    write_parquet_atomic(run.paths.pairs, pa.Table.from_pylist(pairs, schema=schema))
     summary = {
         "examples": stats.examples, "pairs": len(pairs), "scorer": cfg.scorer,
         "min_margin": cfg.min_margin,

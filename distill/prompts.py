@@ -1,61 +1,44 @@
-"""Chat messages for the teacher (full instruction, few-shot) and the student (short prompt).
-
-Both sides render from the same task config, so training, eval and bench agree on the exact
-prompt a model sees.
+"""Stage `prompts` (`distill prompts`): load the task data, drop duplicates and bad rows, and
+split off the held-out test set that only evaluation and decontamination ever read.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections import defaultdict
+from dataclasses import asdict
 
-from distill.config import TaskConfig
-
-Message = dict[str, str]
-
-
-def _user_turn(task: TaskConfig, instruction: str, text: str) -> str:
-    return task.template.format(instruction=instruction, input=text).strip()
+from distill.core.config import RunConfig
+from distill.core.errors import DataError
+from distill.core.io import write_jsonl_atomic
+from distill.core.rundir import Run
+from distill.data import Example, collect, load_rows, stratified_split, write_examples
 
 
-def teacher_messages(task: TaskConfig, text: str, few_shot: bool = True) -> list[Message]:
-    """System prompt, few-shot turns, then the instruction with the input.
-
-    `few_shot=False` gives the zero-shot prompt an untuned model is evaluated with.
-    """
-    messages: list[Message] = []
-    if task.system_prompt:
-        messages.append({"role": "system", "content": task.system_prompt})
-    for shot in task.few_shot if few_shot else ():
-        messages.append({"role": "user", "content": _user_turn(task, task.instruction, shot.input)})
-        messages.append({"role": "assistant", "content": shot.output})
-    messages.append({"role": "user", "content": _user_turn(task, task.instruction, text)})
-    return messages
-
-
-def student_messages(task: TaskConfig, text: str) -> list[Message]:
-    """The distilled student needs only a short instruction and no few-shot examples."""
-    instruction = task.student_instruction or task.instruction
-    user: Message = {"role": "user", "content": _user_turn(task, instruction, text)}
-    if task.student_system_prompt is None:  # the chat template's default system prompt
-        return [user]
-    return [{"role": "system", "content": task.student_system_prompt}, user]
-
-
-def template_version(task: TaskConfig) -> str:
-    """Hash of everything that shapes the teacher prompt; part of every generated row's id."""
-    blob = json.dumps(
-        {
-            "system": task.system_prompt,
-            "instruction": task.instruction,
-            "template": task.template,
-            "few_shot": [s.model_dump() for s in task.few_shot],
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+def run_prompts(run: Run) -> dict:
+    """Stage `prompts`: load, dedup, split; write prompts/{train,test}.parquet."""
+    cfg: RunConfig = run.cfg
+    paths = run.paths
+    examples, bad, duplicates = collect(load_rows(cfg), cfg.data.on_bad_row)
+    if not examples:
+        raise DataError("no usable examples in the prompt source")
+    train, test = stratified_split(examples, cfg.data.test_size, cfg.seed)
+    if cfg.data.max_train_prompts is not None:
+        train = train[: cfg.data.max_train_prompts]
+    write_jsonl_atomic(paths.bad_rows, [asdict(row) for row in bad])
+    write_examples(paths.test_prompts, test)
+    write_examples(paths.train_prompts, train)
+    summary = {
+        "examples": len(examples), "duplicates_dropped": duplicates, "bad_rows": len(bad),
+        "train_prompts": len(train), "test_examples": len(test),
+        "train_labels": _label_counts(train), "test_labels": _label_counts(test),
+    }
+    if bad:
+        summary["bad_rows_file"] = str(paths.bad_rows)
+    return summary
 
 
-def text_id(text: str) -> str:
-    """Stable id of a source text (whitespace-normalised)."""
-    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:16]
+def _label_counts(examples: list[Example]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for ex in examples:
+        counts[str(ex.label)] += 1
+    return dict(sorted(counts.items()))

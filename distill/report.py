@@ -9,11 +9,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-from distill.rundir import write_json_atomic
+from distill.core.artifacts import RunPaths
+from distill.core.io import read_json, write_json_atomic, write_text_atomic
 
 MODELS = ("teacher", "student_base", "student_sft", "student_dpo")
 LABELS = {"teacher": "teacher", "student_base": "student (base, prompted)",
@@ -23,13 +23,14 @@ COLORS = {"teacher": "#4c72b0", "student_base": "#999999", "student_sft": "#dd84
 
 
 def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path) or {}
 
 
 def build_report(run_dir: Path, manifest: dict, quality_bar: float) -> dict[str, Any]:
     """Merge eval and bench results into the report's one table, plus the verdict."""
-    evals = _read(run_dir / "eval" / "results.json")
-    bench = _read(run_dir / "bench" / "results.json")
+    paths = RunPaths(run_dir)
+    evals = _read(paths.eval_results)
+    bench = _read(paths.bench_results)
     main = evals.get("main_metric", "accuracy")
     models: dict[str, dict] = {}
     for name in MODELS:
@@ -302,11 +303,11 @@ def render_html(report: dict, images: dict[str, str]) -> str:
 
 def run_report(run) -> dict:
     """Stage `report`: write report/{report.json, report.md, report.html}."""
-    out = run.stage_dir("report")
+    paths = run.paths
     report = build_report(run.dir, run.manifest, run.cfg.eval.quality_bar)
-    images = plots(report, _read(run.dir / "bench" / "results.json"))
-    write_json_atomic(out / "report.json", report)
-    (out / "report.md").write_text(render_markdown(report))
-    (out / "report.html").write_text(render_html(report, images))
+    images = plots(report, _read(paths.bench_results))
+    write_json_atomic(paths.report_json, report)
+    write_text_atomic(paths.report_md, render_markdown(report))
+    write_text_atomic(paths.report_html, render_html(report, images))
     return {"verdict": report["verdict"].get("text"), "passes": report["verdict"].get("passes"),
-            "html": str(out / "report.html"), "plots": sorted(images)}
+            "html": str(paths.report_html), "plots": sorted(images)}

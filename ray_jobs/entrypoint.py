@@ -2,19 +2,23 @@
 
 The config arrives in the runtime env (DISTILL_JOB_CONFIG). It is written into the run dir as
 `jobs/<submission_id>.yaml` first, so the result says exactly what the job ran with, and then
-the ordinary `distill` command runs on that file: the same code path as on a laptop.
+the ordinary `distill` command runs on that file, in a child process: the same code path as on
+a laptop, and this module needs nothing from the CLI layer above it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from ray_jobs.jobs import CONFIG_ENV, SUBMISSION_ENV
+from distill.core.artifacts import RunPaths
+from distill.core.io import write_text_atomic
+from ray_jobs.submit import CONFIG_ENV, SUBMISSION_ENV
 
 
 def materialize_config() -> Path:
@@ -24,12 +28,16 @@ def materialize_config() -> Path:
                          "by `distill submit`")
     data = yaml.safe_load(text)
     sid = os.environ.get(SUBMISSION_ENV, "job")
-    path = Path(data["output_dir"]) / "jobs" / f"{sid}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    path = RunPaths(data["output_dir"]).jobs / f"{sid}.yaml"
+    write_text_atomic(path, text)
     return path
+
+
+def calls(command: str, stages: list[str], config: Path) -> list[list[str]]:
+    """The `distill` command lines the job runs, in order."""
+    if command == "stages":
+        return [["run", str(config), "--stage", s] for s in stages]
+    return [[command, str(config)]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,19 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", action="append", default=[], help="stages command: which")
     args = parser.parse_args(argv)
     config = materialize_config()
-    from typer.main import get_command
-
-    from distill.cli import app
-
-    cli = get_command(app)
-    calls = [[s, str(config)] for s in args.stage] if args.command == "stages" \
-        else [[args.command, str(config)]]
-    for call in calls:
+    for call in calls(args.command, args.stage, config):
         print(f"[distill job {os.environ.get(SUBMISSION_ENV, '')}] distill {' '.join(call)}",
               flush=True)
-        # standalone_mode=False: click returns a typer.Exit's code instead of exiting.
-        code = cli.main(args=call, prog_name="distill", standalone_mode=False)
-        if isinstance(code, int) and code != 0:
+        code = subprocess.call([sys.executable, "-m", "distill.cli", *call])
+        if code != 0:
             return code
     return 0
 

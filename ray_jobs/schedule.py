@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import yaml
 
-from distill.config import RunConfig
+from distill.core.config import RunConfig
 from ray_jobs.cron import Cron
 
 

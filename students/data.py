@@ -2,7 +2,7 @@
 
 Rows become TRL's conversational formats: prompt-completion for SFT (TRL masks the prompt, so
 the loss is on the answer only) and prompt/chosen/rejected for DPO. The prompt is the
-student's short chat (`distill.prompts.student_messages`), the one eval and serving use.
+student's short chat (`distill.core.messages.student_messages`), the one eval and serving use.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from distill.config import TaskConfig
-from distill.errors import DataError, StageNotReadyError
-from distill.prompts import student_messages
+from distill.core.config import TaskConfig
+from distill.core.errors import DataError, StageNotReadyError
+from distill.core.messages import student_messages
 
 SFT_COLUMNS = ("example_id", "text", "target")
 DPO_COLUMNS = ("example_id", "text", "chosen", "rejected")
@@ -30,14 +30,6 @@ def read_table(path: Path, columns: tuple[str, ...], made_by: str):
     if table.num_rows == 0:
         raise DataError(f"{path}: no rows to train on")
     return table
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_strings(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from distill.errors import StageNotReadyError
-from distill.models import resolve
-from distill.rundir import Run
+from distill.core.errors import StageNotReadyError
+from distill.core.io import file_sha256
+from distill.core.models import resolve
+from distill.core.rundir import Run
 from students import card, data, modeling
-from students.artifacts import adapter_dir
 from students.recipe import (
     TrainJob,
     checkpoint_step,
@@ -31,11 +31,11 @@ def run_dpo(run: Run) -> dict:
     cfg = run.cfg
     if not cfg.dpo.enabled:
         return {"skipped": True}
-    pairs_path = run.dir / "pairs" / "pairs.parquet"
+    pairs_path = run.paths.pairs
     data.read_table(pairs_path, data.DPO_COLUMNS, "pairs")
-    sft_adapter = adapter_dir(run, "sft")
+    sft_adapter = run.paths.finished_adapter("sft")
     if sft_adapter is None:
-        raise StageNotReadyError(f"{run.dir / 'sft' / 'adapter'} not found: run the sft stage first")
+        raise StageNotReadyError(f"{run.paths.adapter('sft')} not found: run the sft stage first")
     base = resolve(cfg.student.model)
     job = TrainJob(
         stage="dpo",
@@ -43,10 +43,10 @@ def run_dpo(run: Run) -> dict:
         run_dir=str(run.dir),
         base_path=base.path,
         data_path=str(pairs_path),
-        data_sha256=data.file_sha256(pairs_path),
+        data_sha256=file_sha256(pairs_path),
         init_adapter=str(sft_adapter),
     )
-    summary = run_job(run, job)
+    summary = run_job(run, job, train_worker)
     run.record_model("student", {**base.to_manifest(), "adapter": str(job.adapter_dir),
                                  "stage": "dpo"})
     return summary

@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from distill.config import StudentConfig
-from distill.errors import ConfigError
+from distill.core.config import StudentConfig
+from distill.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,21 @@ and, unchanged, inside every worker of a Ray Train `TorchTrainer`.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import os
 import re
 import resource
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from distill.config import RunConfig, TrainConfig
-from distill.rundir import Run, write_json_atomic
+from distill.core.artifacts import RunPaths
+from distill.core.config import RunConfig, TrainConfig
+from distill.core.io import write_json_atomic
+from distill.core.ray_init import ensure_ray
+from distill.core.rundir import Run
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -38,24 +41,28 @@ class TrainJob:
         return RunConfig.model_validate(self.config)
 
     @property
+    def paths(self) -> RunPaths:
+        return RunPaths(Path(self.run_dir))
+
+    @property
     def stage_dir(self) -> Path:
-        return Path(self.run_dir) / self.stage
+        return self.paths.stage(self.stage)
 
     @property
     def checkpoints(self) -> Path:
-        return self.stage_dir / "checkpoints"
+        return self.paths.checkpoints(self.stage)
 
     @property
     def adapter_dir(self) -> Path:
-        return self.stage_dir / "adapter"
+        return self.paths.adapter(self.stage)
 
     @property
     def metrics_path(self) -> Path:
-        return self.stage_dir / "metrics.jsonl"
+        return self.paths.train_metrics(self.stage)
 
     @property
     def summary_path(self) -> Path:
-        return self.stage_dir / "summary.json"
+        return self.paths.train_summary(self.stage)
 
     def train_cfg(self) -> TrainConfig:
         return getattr(self.cfg, self.stage)
@@ -142,47 +149,43 @@ def set_threads(cpus: float) -> None:
 # --- running a job --------------------------------------------------------------------------
 
 
-def _entry(job: TrainJob):
-    module = importlib.import_module(f"students.{job.stage}")
-    return module.train_worker
+Worker = Callable[[TrainJob], dict]  # a stage's `train_worker`: trains, writes the summary
 
 
-def _ray_worker(payload: dict) -> None:
+def _ray_worker(worker: Worker, payload: dict) -> None:
     job = TrainJob(**payload)
     set_threads(job.train_cfg().cpus_per_worker)
-    _entry(job)(job)
+    worker(job)
 
 
-def run_job(run: Run, job: TrainJob) -> dict:
-    """Train here (workers: 1) or on N Ray Train workers; returns the rank-0 summary."""
+def run_job(run: Run, job: TrainJob, worker: Worker) -> dict:
+    """Run `worker(job)` here (workers: 1) or on N Ray Train workers; returns the rank-0
+    summary."""
     train = job.train_cfg()
     if job.summary_path.exists():
         job.summary_path.unlink()
     if train.workers <= 1:
-        _entry(job)(job)
+        worker(job)
     else:
-        _run_on_ray(run, job, train)
+        _run_on_ray(run, job, train, worker)
     if not job.summary_path.is_file():
         raise RuntimeError(f"{job.stage}: training ended without writing {job.summary_path}")
     return json.loads(job.summary_path.read_text())
 
 
-def _run_on_ray(run: Run, job: TrainJob, train: TrainConfig) -> None:
-    import ray
+def _run_on_ray(run: Run, job: TrainJob, train: TrainConfig, worker: Worker) -> None:
     import torch
     from ray.train import RunConfig as RayRunConfig
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=run.cfg.ray.address, num_cpus=run.cfg.ray.num_cpus,
-                 include_dashboard=False)
+    ensure_ray(run.cfg)
     use_gpu = torch.cuda.is_available()
     resources = {"CPU": train.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
-        _ray_worker,
+        partial(_ray_worker, worker),
         train_loop_config=asdict(job),
         scaling_config=ScalingConfig(num_workers=train.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from distill.models import resolve
-from distill.rundir import Run
+from distill.core.io import file_sha256
+from distill.core.models import resolve
+from distill.core.rundir import Run
 from students import card, data, modeling
 from students.recipe import (
     TrainJob,
@@ -29,7 +30,7 @@ def run_sft(run: Run) -> dict:
     cfg = run.cfg
     if not cfg.sft.enabled:
         return {"skipped": True}
-    train_path = run.dir / "curate" / "train.parquet"
+    train_path = run.paths.curated
     data.read_table(train_path, data.SFT_COLUMNS, "curate")  # fail fast, before any worker starts
     base = resolve(cfg.student.model)
     job = TrainJob(
@@ -38,9 +39,9 @@ def run_sft(run: Run) -> dict:
         run_dir=str(run.dir),
         base_path=base.path,
         data_path=str(train_path),
-        data_sha256=data.file_sha256(train_path),
+        data_sha256=file_sha256(train_path),
     )
-    summary = run_job(run, job)
+    summary = run_job(run, job, train_worker)
     run.record_model("student", {**base.to_manifest(), "adapter": str(job.adapter_dir),
                                  "stage": "sft"})
     return summary

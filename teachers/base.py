@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 Messages = list[dict[str, str]]
@@ -99,15 +99,3 @@ def error_completions(prompt_index: int, n: int, reason: str, prompt_tokens: int
                    seed=None if seed is None else seed + i, error=reason)
         for i in range(n)
     ]
-
-
-@dataclass
-class TokenCounter:
-    """Running totals for progress bars and the end-of-stage summary."""
-
-    prompts: int = 0
-    completions: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seen: set = field(default_factory=set, repr=False)

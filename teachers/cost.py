@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from distill.config import PriceConfig
+from distill.core.config import PriceConfig
 
 
 def estimate_cost(price: PriceConfig, wall_s: float, prompt_tokens: int,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 from teachers.base import Completion, Messages, SamplingSpec, error_completions, request_seeds
 
 

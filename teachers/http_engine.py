@@ -13,8 +13,8 @@ import asyncio
 import os
 import time
 
-from distill.config import EndpointConfig
-from distill.errors import ConfigError
+from distill.core.config import EndpointConfig
+from distill.core.errors import ConfigError
 from teachers.base import Completion, Messages, SamplingSpec, error_completions, request_seeds
 
 

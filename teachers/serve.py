@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from distill.errors import DistillError
+from distill.core.errors import DistillError
 from teachers.vllm_engine import (CPU_DTYPE, CPU_ENGINE_DEFAULTS, cpu_batched_tokens, cpu_engine_env,
                                   has_gpu)
 
@@ -82,6 +82,8 @@ def vllm_server(model_path: str, *, served_name: str = "model", max_model_len: i
     env = {**os.environ}
     for key, value in (cpu_engine_env() if not has_gpu() else {}).items():
         env.setdefault(key, value)
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from distill.config import TeacherConfig
+from distill.core.config import TeacherConfig
 from teachers.base import SamplingSpec
 
 # Exactly the run-dir contract for generate/shards/*.parquet, in this order.

@@ -138,7 +138,7 @@ class VLLMGenerator:
     @classmethod
     def from_config(cls, cfg) -> VLLMGenerator:
         """The run's teacher model on vLLM in this process (e.g. as a judge)."""
-        from distill.models import resolve
+        from distill.core.models import resolve
 
         t = cfg.teacher
         return cls(resolve(t.model).path, max_model_len=t.max_model_len, dtype=t.dtype,

@@ -28,13 +28,13 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def student_path() -> str:
-    from distill.models import resolve
+    from distill.core.models import resolve
 
     return resolve("packaged:smollm2-135m-instruct").path
 
 
 @pytest.fixture(scope="session")
 def teacher_path() -> str:
-    from distill.models import resolve
+    from distill.core.models import resolve
 
     return resolve("packaged:qwen2.5-coder-0.5b-instruct").path

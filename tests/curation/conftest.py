@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from curation_helpers import make_config
-from distill.rundir import Run
+from distill.core.rundir import Run
 
 
 @pytest.fixture

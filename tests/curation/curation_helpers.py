@@ -8,9 +8,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from distill.config import RunConfig
-from distill.prompts import text_id
-from distill.rundir import Run
+from distill.core.config import RunConfig
+from distill.core.messages import text_id
+from distill.core.rundir import Run
 
 LABELS = ["positive", "negative"]
 

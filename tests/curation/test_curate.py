@@ -9,7 +9,7 @@ import pytest
 
 from curation_helpers import read, samples, write_shards, write_test_set
 from distill.curate import run_curate
-from distill.errors import ConfigError, DataError, StageNotReadyError
+from distill.core.errors import ConfigError, DataError, StageNotReadyError
 from distill.pipeline import run_stage
 
 RNG = np.random.default_rng(7)

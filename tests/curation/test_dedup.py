@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distill import dedup as dd
-from distill.dedup_index import IndexedDocs
-from distill.dedup_minhash import (
+from distill.curation import dedup as dd
+from distill.curation.dedup_index import IndexedDocs
+from distill.curation.minhash import (
     MinHashParams, candidate_probability, datasketch_minhash, lsh_params, shingle_batch,
 )
 

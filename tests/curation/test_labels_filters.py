@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 
 from curation_helpers import LABELS, gen_row, make_config, samples
-from distill.config import FiltersConfig, TaskConfig
-from distill.errors import ConfigError
-from distill.filters import apply_row_filters, build_row_filters, vote_all
-from distill.labels import majority_vote, normalize_label
+from distill.core.config import FiltersConfig, TaskConfig
+from distill.core.errors import ConfigError
+from distill.curation.filters import apply_row_filters, build_row_filters, vote_all
+from distill.curation.labels import majority_vote, normalize_label
 
 
 @pytest.mark.parametrize("text,want", [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from curation_helpers import make_config, read, samples, write_shards, write_test_set
-from distill.config import PairsConfig, TaskConfig
+from curation_helpers import make_config, read, samples, write_shards
+from distill.core.config import PairsConfig, TaskConfig
 from distill.curate import run_curate
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 from distill.pairs import (
     JudgeScorer, PairStats, example_scorer, length_bias, make_on_policy_pairs, make_pairs,
     pairs_for_example, run_pairs, verifier,

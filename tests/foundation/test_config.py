@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.config import RunConfig, load_config
-from distill.errors import ConfigError
+from distill.core.config import RunConfig, load_config
+from distill.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from distill.config import load_config
-from distill.data import collect, load_rows, read_examples, run_prompts, stratified_split
-from distill.errors import DataError
+from distill.core.config import load_config
+from distill.data import collect, load_rows, read_examples, stratified_split
+from distill.core.errors import DataError
 from distill.pipeline import run_stage
-from distill.rundir import Run
+from distill.core.rundir import Run
 
 ROOT = Path(__file__).resolve().parents[2]
 

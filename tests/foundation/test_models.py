@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from distill import models
-from distill.errors import ModelSourceError
+from distill.core import models
+from distill.core.errors import ModelSourceError
 
 PACKAGED = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
 CHAT = [{"role": "user", "content": "Say hello."}]

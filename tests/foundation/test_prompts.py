@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from distill.config import TaskConfig
-from distill.prompts import student_messages, teacher_messages
+from distill.core.config import TaskConfig
+from distill.core.messages import student_messages, teacher_messages
 
 TASK = dict(name="s", type="classification", labels=["positive", "negative"],
             instruction="Is the sentiment of this review positive or negative? Answer in one word.",

@@ -17,9 +17,9 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distill.config import RunConfig
+from distill.core.config import RunConfig
 from distill.pipeline import run_stage
-from distill.rundir import Run
+from distill.core.rundir import Run
 
 LABELS = ["positive", "negative"]
 VOCAB = [f"w{i:03d}" for i in range(400)]

@@ -20,9 +20,9 @@ from refresh_helpers import make_config, sentences, write_jsonl
 from typer.testing import CliRunner
 
 from distill.cli import app
-from distill.config import load_config
-from distill.prompts import text_id
-from ray_jobs import jobs
+from distill.core.config import load_config
+from distill.core.messages import text_id
+from ray_jobs import logs, status, submit
 from ray_jobs.schedule import fire_trigger, run_scheduler
 
 pytestmark = pytest.mark.timeout(420)
@@ -67,8 +67,8 @@ def test_submit_runs_once_and_lands_in_the_run_dir(cluster, config_file):
     out = _cli(*argv)
     assert "submitted: distill-fresh-stages-" in out
     sid = out.split("submitted: ")[1].split()[0]
-    assert jobs.wait(cluster.address, sid, timeout_s=300) == "SUCCEEDED", \
-        jobs.logs(cluster.address, sid)[-3000:]
+    assert status.wait(cluster.address, sid, timeout_s=300) == "SUCCEEDED", \
+        logs.logs(cluster.address, sid)[-3000:]
 
     cfg = load_config(config_file)
     manifest = json.loads((cfg.output_dir / "manifest.json").read_text())
@@ -78,18 +78,18 @@ def test_submit_runs_once_and_lands_in_the_run_dir(cluster, config_file):
     assert pq.read_table(cfg.output_dir / "curate" / "train.parquet").num_rows > 0
     shipped = yaml.safe_load((cfg.output_dir / "jobs" / f"{sid}.yaml").read_text())
     assert shipped["ray"]["address"] == "auto"  # the stages attached to the job's cluster
-    logs = _cli("logs", sid, "--address", cluster.address)
-    assert "distill curate" in logs and "curation funnel" in logs
+    job_logs = _cli("logs", sid, "--address", cluster.address)
+    assert "--stage curate" in job_logs and "curation funnel" in job_logs
     started = manifest["stages"]["prompts"]["started"]
 
     # The same trigger again: refused by Ray's submission id, reported, nothing runs twice.
     again = _cli(*argv)
     assert f"already submitted, not started again: {sid} (SUCCEEDED)" in again
-    assert len(jobs.jobs_with_id(cluster.address, sid)) == 1
+    assert len(status.jobs_with_id(cluster.address, sid)) == 1
     manifest = json.loads((cfg.output_dir / "manifest.json").read_text())
     assert manifest["stages"]["prompts"]["started"] == started
-    status = json.loads(_cli("status", sid, "--address", cluster.address))
-    assert status["status"] == "SUCCEEDED" and status["metadata"]["run_name"] == "fresh"
+    info = json.loads(_cli("status", sid, "--address", cluster.address))
+    assert info["status"] == "SUCCEEDED" and info["metadata"]["run_name"] == "fresh"
 
 
 def test_scheduler_submits_a_refresh_once_per_fire_time(cluster, config_file):
@@ -105,7 +105,7 @@ def test_scheduler_submits_a_refresh_once_per_fire_time(cluster, config_file):
     submitted = []
 
     def fire(t):
-        r = jobs.submit(cluster.address, jobs.build_submission(cfg, "refresh",
+        r = submit.submit(cluster.address, submit.build_submission(cfg, "refresh",
                                                                trigger=fire_trigger(t)))
         submitted.append(r)
         return r.submission_id
@@ -115,12 +115,32 @@ def test_scheduler_submits_a_refresh_once_per_fire_time(cluster, config_file):
     first = submitted[0]
     assert first.created and first.submission_id.endswith(fire_trigger(
         start.replace(second=0, microsecond=0) + timedelta(minutes=1)).lower())
-    assert jobs.wait(cluster.address, first.submission_id, timeout_s=300) == "SUCCEEDED", \
-        jobs.logs(cluster.address, first.submission_id)[-3000:]
-    assert "nothing to refresh" in jobs.logs(cluster.address, first.submission_id)
+    assert status.wait(cluster.address, first.submission_id, timeout_s=300) == "SUCCEEDED", \
+        logs.logs(cluster.address, first.submission_id)[-3000:]
+    assert "nothing to refresh" in logs.logs(cluster.address, first.submission_id)
     assert not (cfg.output_dir / "refresh").exists()
 
     # a restarted scheduler, same fire time: the id exists, no second job
     fire(start.replace(second=0, microsecond=0) + timedelta(minutes=1))
     assert submitted[1].submission_id == first.submission_id and not submitted[1].created
-    assert len(jobs.jobs_with_id(cluster.address, first.submission_id)) == 1
+    assert len(status.jobs_with_id(cluster.address, first.submission_id)) == 1
+
+
+def test_submit_a_training_stage_by_name(cluster, config_file):
+    """`sft` is `distill train sft` on the command line; a job runs it by its stage name.
+    Trains one step of the packaged student on the curated set the first test left."""
+    out = _cli("submit", str(config_file), "--address", cluster.address, "--stage", "sft",
+               "--set", "sft.max_steps=1", "--set", "sft.batch_size=2")
+    sid = out.split("submitted: ")[1].split()[0]
+    assert status.wait(cluster.address, sid, timeout_s=400) == "SUCCEEDED", \
+        logs.logs(cluster.address, sid)[-3000:]
+    cfg = load_config(config_file)
+    manifest = json.loads((cfg.output_dir / "manifest.json").read_text())
+    assert manifest["stages"]["sft"]["status"] == "done"
+    assert (cfg.output_dir / "sft" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_submit_refuses_an_unknown_stage(cluster, config_file):
+    res = CliRunner().invoke(app, ["submit", str(config_file), "--address", cluster.address,
+                                   "--stage", "train-sft"])
+    assert res.exit_code == 2 and "unknown stage 'train-sft'" in res.output

@@ -9,10 +9,11 @@ import json
 import pytest
 from refresh_helpers import Runner, first_run, ids, make_config, sentences, write_jsonl
 
-from distill.errors import ConfigError, DistillError, StageNotReadyError
-from distill.prompts import text_id
-from ray_jobs import refresh as R
-from ray_jobs import versions as V
+from distill.core.errors import ConfigError, DistillError, StageNotReadyError
+from distill.core.messages import text_id
+from distill import promote as P
+from distill import refresh as R
+from distill.core import versions as V
 
 
 @pytest.fixture
@@ -85,12 +86,12 @@ def test_gate_keeps_the_promoted_student_when_worse(grown):
 def test_within_tolerance_is_promoted_and_rollback_restores(grown):
     cfg, _, _ = grown
     assert R.refresh(cfg, Runner(accuracy=0.695)).status == "promoted"  # >= 0.70 - 0.01
-    back = R.rollback(cfg)
+    back = P.rollback(cfg)
     assert back["version"] == "v0000" and back["reason"] == "rollback from v0001"
     assert V.read_promoted(cfg.output_dir)["version"] == "v0000"
-    assert R.promote_version(cfg, "v0001")["version"] == "v0001"
+    assert P.promote_version(cfg, "v0001")["version"] == "v0001"
     with pytest.raises(DistillError, match="v0007"):
-        R.promote_version(cfg, "v0007")
+        P.promote_version(cfg, "v0007")
 
 
 def test_failed_refresh_resumes_and_leaves_promoted_untouched(grown):

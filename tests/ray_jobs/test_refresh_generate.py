@@ -4,14 +4,13 @@ stages are stand-ins (see refresh_helpers) because only the refresh's generation
 
 from __future__ import annotations
 
-import importlib.util
 
 import pyarrow.parquet as pq
 import pytest
 from refresh_helpers import Runner, first_run, ids, make_config, write_jsonl
 
-from distill.prompts import text_id
-from ray_jobs import refresh as R
+from distill.core.messages import text_id
+from distill import refresh as R
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +22,6 @@ NEW = ["an instant classic", "lifeless and predictable", "tender and wise"]
 
 
 def test_refresh_runs_the_real_teacher_on_new_prompts_only(tmp_path, ray_local):
-    if importlib.util.find_spec("teachers.stage") is None:
-        pytest.fail("teachers/stage.py (the generate stage) is not built yet: this test needs "
-                    "its run_generate")
     src = tmp_path / "prompts"
     write_jsonl(src / "a.jsonl", [{"text": t, "label": ["positive", "negative"][i % 2]}
                                   for i, t in enumerate(REVIEWS)])

@@ -11,7 +11,7 @@ from refresh_helpers import make_config, sentences, write_jsonl
 from typer.testing import CliRunner
 
 from distill.cli import app
-from ray_jobs import jobs
+from ray_jobs import submit
 from ray_jobs.cron import Cron, CronError
 from ray_jobs.schedule import fire_trigger, run_scheduler
 
@@ -108,17 +108,17 @@ def test_submission_id_is_stable_and_runtime_env_ships_project_and_config(tmp_pa
     src = write_jsonl(tmp_path / "prompts" / "a.jsonl", sentences(12, seed=1))
     monkeypatch.chdir(tmp_path)
     cfg = make_config(tmp_path, src.parent).model_copy(update={"output_dir": "runs/x"})
-    a = jobs.build_submission(cfg, "run")
-    b = jobs.build_submission(cfg, "run")
+    a = submit.build_submission(cfg, "run")
+    b = submit.build_submission(cfg, "run")
     assert a.submission_id == b.submission_id and a.submission_id.startswith("distill-fresh-run-")
-    assert jobs.build_submission(cfg, "refresh", trigger="20260101").submission_id.endswith(
+    assert submit.build_submission(cfg, "refresh", trigger="20260101").submission_id.endswith(
         "-20260101")
     other = cfg.model_copy(update={"seed": 7})
-    assert jobs.build_submission(other, "run").submission_id != a.submission_id
+    assert submit.build_submission(other, "run").submission_id != a.submission_id
     env = a.runtime_env
-    assert env["working_dir"] == str(jobs.project_root())
+    assert env["working_dir"] == str(submit.project_root())
     assert {".venv", ".git", "runs"} <= set(env["excludes"])
-    shipped = yaml.safe_load(env["env_vars"][jobs.CONFIG_ENV])
+    shipped = yaml.safe_load(env["env_vars"][submit.CONFIG_ENV])
     assert shipped["output_dir"] == str(tmp_path / "runs" / "x")  # absolute for the cluster
     assert shipped["ray"] == {"address": "auto", "num_cpus": None}
     assert a.entrypoint == "python -m ray_jobs.entrypoint run"

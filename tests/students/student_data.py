@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from distill.prompts import text_id
+from distill.core.messages import text_id
 
 POSITIVE = ["a joy to watch", "warm and funny", "a brilliant, moving film", "great acting throughout",
             "I loved every minute", "smart, sharp and delightful", "a triumph", "beautifully shot"]
@@ -99,8 +99,8 @@ def write_config(run_dir: Path, **sections) -> Path:
 
 def build_run(run_dir: Path, pairs: bool = False, n: int = 48, **sections):
     """A Run over a tiny curated set (and pairs), with config overrides per section."""
-    from distill.config import load_config
-    from distill.rundir import Run
+    from distill.core.config import load_config
+    from distill.core.rundir import Run
 
     write_curated(run_dir, n=n)
     if pairs:

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from distill.errors import DataError, StageNotReadyError
+from distill.core.errors import DataError, StageNotReadyError
 from students import data
-from students.artifacts import final_adapter
+
 from students.card import read_card, write_card
 from students.recipe import last_checkpoint
 
@@ -73,15 +73,15 @@ def test_last_checkpoint_skips_a_half_written_one(tmp_path):
 
 def test_final_adapter_prefers_dpo(make_run):
     run = make_run()
-    assert final_adapter(run) is None
+    assert run.paths.final_adapter() is None
     for stage in ("sft", "dpo"):
         folder = run.dir / stage / "adapter"
         folder.mkdir(parents=True)
         (folder / "adapter_config.json").write_text("{}")
         (folder / "adapter_model.safetensors").write_bytes(b"")
         if stage == "sft":
-            assert final_adapter(run) == folder
-    assert final_adapter(run) == run.dir / "dpo" / "adapter"
+            assert run.paths.final_adapter() == folder
+    assert run.paths.final_adapter() == run.dir / "dpo" / "adapter"
 
 
 def test_model_card_round_trip(tmp_path, make_run):

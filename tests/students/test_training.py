@@ -106,7 +106,7 @@ def _greedy_vllm(base_path: str, adapter: Path, prompts: list[list[int]], rank: 
 def test_exported_adapter_same_greedy_in_transformers_and_vllm(sft_run, student_path):
     from transformers import AutoTokenizer
 
-    from distill.prompts import student_messages
+    from distill.core.messages import student_messages
     from students.export import run_export
 
     run, _ = sft_run
@@ -167,8 +167,8 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     assert 2 <= killed_at < 6
     assert not (run.dir / "sft" / "adapter").exists()
 
-    from distill.config import load_config
-    from distill.rundir import Run
+    from distill.core.config import load_config
+    from distill.core.rundir import Run
 
     rerun = Run(load_config(run.dir / "config.yaml"))
     assert rerun.manifest["stages"]["sft"]["status"] == "running"  # killed, not done

@@ -7,9 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distill.config import RunConfig
-from distill.prompts import text_id
-from distill.rundir import Run
+from distill.core.config import RunConfig
+from distill.core.messages import text_id
+from distill.core.rundir import Run
 
 REVIEWS = [
     "a gripping, beautifully shot thriller", "dull and far too long", "a warm, funny delight",

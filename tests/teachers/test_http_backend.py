@@ -8,11 +8,11 @@ import os
 
 import pytest
 
-from distill.config import EndpointConfig
+from distill.core.config import EndpointConfig
 from teachers.base import SamplingSpec
 from teachers.http_engine import OpenAIGenerator
 from teachers.serve import vllm_server
-from teachers.stage import FAULT_ENV, FaultInjected, run_generate
+from teachers.generate import FAULT_ENV, FaultInjected, run_generate
 from teacher_helpers import REVIEWS, make_run, read_rows
 
 pytestmark = pytest.mark.slow

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from distill.config import EndpointConfig, PriceConfig
-from distill.errors import ConfigError, StageNotReadyError
+from distill.core.config import EndpointConfig, PriceConfig
+from distill.core.errors import ConfigError, StageNotReadyError
 from teachers.base import SamplingSpec, row_seed
 from teachers.cost import billed_units, estimate_cost
 from teachers.http_engine import api_key
-from teachers.stage import plan_shards, prompt_id, run_generate, sampling_spec
+from teachers.generate import plan_shards, prompt_id, run_generate, sampling_spec
 from teacher_helpers import REVIEWS, make_run
 
 

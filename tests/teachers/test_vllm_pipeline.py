@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from teachers.stage import run_generate
+from teachers.generate import run_generate
 from teacher_helpers import LINEAGE, REVIEWS, make_run, read_rows
 
 TOO_LONG = "an endless review " * 200  # ~600 tokens, max_model_len is 256

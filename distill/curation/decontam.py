@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from distill.config import DecontamConfig
-from distill.dedup_minhash import MinHashParams, lsh_params, normalize
+from distill.core.config import DecontamConfig
+from distill.curation.minhash import MinHashParams, lsh_params, normalize
 
 
 @dataclass
@@ -50,7 +50,7 @@ def ngram_hits(train: Sequence[str], test: Sequence[str], n: int) -> list[Hit]:
 def minhash_hits(train: Sequence[str], test: Sequence[str], threshold: float,
                  params: MinHashParams | None = None) -> list[Hit]:
     """Training texts whose shingle Jaccard with a test text is >= threshold."""
-    from distill.dedup import candidate_pairs, exact_jaccard, signatures_local
+    from distill.curation.dedup import candidate_pairs, exact_jaccard, signatures_local
 
     if not train or not test:
         return []

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from distill.errors import ModelSourceError
+from distill.core.errors import ModelSourceError
 
 PACKAGED_PREFIX = "packaged:"
 

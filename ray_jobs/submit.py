@@ -1,4 +1,4 @@
-"""Runs as Ray jobs: submit through the Jobs API (JobSubmissionClient), follow, fetch logs.
+"""`distill submit`: a run, some of its stages, or a refresh as a Ray job (Jobs API).
 
 The submission id is derived from the run (run name, command, hash of the shipped config, and
 for scheduled refreshes the trigger's date), so a repeated trigger of the same run is refused by
@@ -18,15 +18,15 @@ import hashlib
 import json
 import re
 import shlex
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
-from distill.config import RunConfig
-from distill.errors import DistillError
+from distill.core.config import RunConfig
+from distill.core.errors import DistillError
+from ray_jobs.client import JobError, client
 
 CONFIG_ENV = "DISTILL_JOB_CONFIG"
 SUBMISSION_ENV = "DISTILL_SUBMISSION_ID"
@@ -37,11 +37,6 @@ EXCLUDES = [
     ".venv", "venv", ".git", "runs", "benchmarks/results", "__pycache__", ".pytest_cache",
     "*.egg-info", "*.parquet", "*.safetensors", "*.gguf", "*.bin", "*.pt", "*.ckpt",
 ]
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-class JobError(DistillError):
-    """The cluster refused or lost a job (unreachable address, unknown id, failed job)."""
 
 
 def project_root() -> Path:
@@ -116,31 +111,6 @@ def build_submission(cfg: RunConfig, command: str = "run", stages: tuple[str, ..
     return Submission(sid, shlex.join(args), runtime_env, metadata, entrypoint_num_cpus)
 
 
-# --- talking to the cluster ------------------------------------------------------------------
-
-
-def _use_token_if_available() -> None:
-    """Send the cluster's auth token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)
-    like `ray.init` and `ray job submit` do; Ray 2.60 clusters require one by default."""
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token authentication
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
-def client(address: str):
-    from ray.job_submission import JobSubmissionClient
-
-    _use_token_if_available()
-    try:
-        return JobSubmissionClient(address)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise JobError(f"cannot reach the Ray Jobs API at {address}: {exc}") from None
-
-
 @dataclass
 class SubmitResult:
     submission_id: str
@@ -160,56 +130,3 @@ def submit(address: str, sub: Submission) -> SubmitResult:
             raise JobError(f"{address}: the cluster refused job {sub.submission_id}: {exc}") from None
         return SubmitResult(sub.submission_id, False, str(c.get_job_status(sub.submission_id)))
     return SubmitResult(sub.submission_id, True, str(c.get_job_status(sub.submission_id)))
-
-
-def job_info(address: str, sid: str):
-    try:
-        return client(address).get_job_info(sid)
-    except RuntimeError as exc:
-        raise JobError(f"{address}: no job {sid} ({exc})") from None
-
-
-def status(address: str, sid: str) -> str:
-    return str(job_info(address, sid).status)
-
-
-def logs(address: str, sid: str) -> str:
-    try:
-        return client(address).get_job_logs(sid)
-    except RuntimeError as exc:
-        raise JobError(f"{address}: no logs for job {sid} ({exc})") from None
-
-
-def follow_logs(address: str, sid: str) -> Iterator[str]:
-    """Log chunks as they arrive, until the job ends."""
-    import asyncio
-
-    c = client(address)
-    agen = c.tail_job_logs(sid)
-    loop = asyncio.new_event_loop()
-    try:
-        while True:
-            try:
-                yield loop.run_until_complete(agen.__anext__())
-            except StopAsyncIteration:
-                return
-    finally:
-        loop.run_until_complete(agen.aclose())
-        loop.close()
-
-
-def wait(address: str, sid: str, timeout_s: float = 600.0, poll_s: float = 1.0) -> str:
-    """Block until the job reaches a terminal state; returns it."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = status(address, sid)
-        if state in TERMINAL:
-            return state
-        if time.monotonic() > deadline:
-            raise JobError(f"job {sid} still {state} after {timeout_s:.0f}s")
-        time.sleep(poll_s)
-
-
-def jobs_with_id(address: str, sid: str) -> list:
-    """Every job the cluster knows under this submission id (0 or 1 when ids are honoured)."""
-    return [j for j in client(address).list_jobs() if j.submission_id == sid]

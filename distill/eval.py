@@ -8,21 +8,20 @@ soon as they exist, so a crash in the middle resumes without re-running the fini
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from distill import metrics
-from distill.config import GeneralPrompt, RunConfig, TaskConfig
+from distill.core.config import GeneralPrompt, RunConfig, TaskConfig
 from distill.data import read_examples
-from distill.errors import StageNotReadyError
-from distill.labels import canonical_json, normalize_label
-from distill.prompts import Message, student_messages, teacher_messages
-from distill.rundir import write_json_atomic
+from distill.core.errors import StageNotReadyError
+from distill.curation.labels import canonical_json, normalize_label
+from distill.core.messages import Message, student_messages, teacher_messages
+from distill.core.io import read_json, write_json_atomic, write_parquet_atomic
+from distill.core.rundir import Run
 
 GENERAL_PROMPTS = [
     GeneralPrompt(prompt="What is the capital of France? Answer in one word.", expect=["paris"]),
@@ -53,8 +52,7 @@ def contenders(run) -> list[Contender]:
                   lambda task, text: teacher_messages(task, text, few_shot=False)),
     ]
     for stage, name in (("sft", "student_sft"), ("dpo", "student_dpo")):
-        adapter = run.dir / stage / "adapter"
-        if (adapter / "adapter_config.json").is_file():
+        if (adapter := run.paths.finished_adapter(stage)) is not None:
             out.append(Contender(name, "student", adapter, student_messages))
     return out
 
@@ -108,15 +106,15 @@ def is_merged(cfg: RunConfig, group: list[Contender]) -> bool:
     return cfg.student.serve == "merged" and group[0].adapter is not None
 
 
-def _answer_all(run, group: list[Contender], examples, general: list[GeneralPrompt],
-                out: Path) -> dict[str, dict]:
+def _answer_all(run: Run, group: list[Contender], examples,
+                general: list[GeneralPrompt]) -> dict[str, dict]:
     """Greedy answers of the contenders of one engine group; each saved as soon as it ends,
     and not asked again on a rerun."""
     from distill.engines import merged_student, open_generator
     from teachers.base import SamplingSpec
 
-    cached = {c.name: json.loads((out / f"answers_{c.name}.json").read_text())
-              for c in group if (out / f"answers_{c.name}.json").exists()}
+    cached = {c.name: read_json(run.paths.eval_answers(c.name)) for c in group
+              if run.paths.eval_answers(c.name).exists()}
     todo = [c for c in group if c.name not in cached]
     if not todo:
         return cached
@@ -133,22 +131,21 @@ def _answer_all(run, group: list[Contender], examples, general: list[GeneralProm
                 completions = generator.generate(message_lists, sampling)
                 answers.append([x.text if x.ok else "" for x in completions])
             cached[c.name] = dict(zip(("task", "general"), answers))
-            write_json_atomic(out / f"answers_{c.name}.json", cached[c.name])
+            write_json_atomic(run.paths.eval_answers(c.name), cached[c.name])
     return cached
 
 
-def run_eval(run) -> dict:
+def run_eval(run: Run) -> dict:
     cfg: RunConfig = run.cfg
-    test_path = run.dir / "prompts" / "test.parquet"
+    test_path = run.paths.test_prompts
     if not test_path.exists():
         raise StageNotReadyError("eval needs prompts/test.parquet: run `distill prompts` first")
     examples = read_examples(test_path)[: cfg.eval.max_examples]
     general = cfg.eval.general_prompts or GENERAL_PROMPTS
-    out = run.stage_dir("eval")
     everyone = contenders(run)
     answers: dict[str, dict] = {}
     for group in engine_groups(cfg, everyone):
-        answers.update(_answer_all(run, group, examples, general, out))
+        answers.update(_answer_all(run, group, examples, general))
     answers = {c.name: answers[c.name] for c in everyone}
 
     gold = [ex.label for ex in examples]
@@ -161,12 +158,12 @@ def run_eval(run) -> dict:
         results[name] = scores
         rows += [{"example_id": ex.example_id, "model": name, "answer": a, "parsed": p,
                   "gold": g} for ex, a, p, g in zip(examples, ans["task"], parsed, gold)]
-    pq.write_table(pa.Table.from_pylist(rows), out / "predictions.parquet")
+    write_parquet_atomic(run.paths.eval_predictions, pa.Table.from_pylist(rows))
     general_scores = {name: general_ability(a["general"], general)
                       for name, a in answers.items() if "general" in a}
     summary = {"main_metric": MAIN_METRIC[cfg.task.type], "reference": reference,
                "examples": len(examples), "models": results, "general_ability": general_scores}
-    write_json_atomic(out / "results.json", summary)
+    write_json_atomic(run.paths.eval_results, summary)
     return {"examples": len(examples), "main_metric": summary["main_metric"],
             **{name: r[summary["main_metric"]]["value"] for name, r in results.items()},
             "general_ability": general_scores}

@@ -17,8 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from distill.errors import DistillError
-from distill.rundir import write_json_atomic
+from distill.core.artifacts import RunPaths
+from distill.core.errors import DistillError
+from distill.core.io import read_json, write_json_atomic
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 BASE_VERSION = "v0000"
@@ -45,10 +46,6 @@ def versions(base: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def lineage(version_dir: Path) -> dict[str, Any]:
     return read_json(version_dir / "refresh.json") or {}
 
@@ -70,7 +67,7 @@ def version_dir(base: Path, version: str) -> Path:
 def model_dir(base: Path, version: str) -> Path:
     """The run dir holding a version's trained student (the first run's own dir for v0000)."""
     d = version_dir(base, version)
-    return d if version == BASE_VERSION else d / "train"
+    return d if version == BASE_VERSION else train_root(d)
 
 
 # --- the promoted student --------------------------------------------------------------------
@@ -93,3 +90,61 @@ def promote(base: Path, record: dict[str, Any], reason: str) -> dict[str, Any]:
     with (Path(base) / "promotions.jsonl").open("a") as fh:
         fh.write(json.dumps(record, default=str) + "\n")
     return record
+
+
+def data_root(version_dir: Path) -> Path:
+    """A refresh version's data run dir (prompts, generate, curate of its new prompts)."""
+    return Path(version_dir) / "data"
+
+
+def train_root(version_dir: Path) -> Path:
+    """A refresh version's training run dir (assembled data, pairs, sft, dpo, export, eval)."""
+    return Path(version_dir) / "train"
+
+
+def data_dir(version_dir: Path) -> RunPaths:
+    return RunPaths(data_root(version_dir))
+
+
+# --- the student a version trained -----------------------------------------------------------
+
+STUDENTS = ("student_dpo", "student_sft")  # eval/results.json names, best first
+
+
+def _value(entry: Any, metric: str) -> float | None:
+    v = entry.get(metric) if isinstance(entry, dict) else None
+    if isinstance(v, dict):  # {"value": .., "ci": [..]} style
+        v = v.get("value", v.get("mean"))
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def student_record(base: Path, version: str) -> dict[str, Any] | None:
+    """The best trained student of a version and its held-out metric, or None if not evaluated."""
+    d = model_dir(base, version)
+    paths = RunPaths(d)
+    results = read_json(paths.eval_results)
+    if not results:
+        return None
+    metric = results.get("main_metric", "accuracy")
+    for name in STUDENTS:
+        stage = name.removeprefix("student_")
+        value = _value(results.get("models", {}).get(name), metric)
+        adapter = paths.adapter(stage)
+        if value is not None and adapter.is_dir():
+            manifest = read_json(paths.manifest) or {}
+            merged = paths.export_merged
+            return {
+                "version": version, "run_dir": str(d), "student": name, "adapter": str(adapter),
+                "base_model": manifest.get("config", {}).get("student", {}).get("model"),
+                "merged_model": str(merged) if merged.is_dir() else None,
+                "metric": metric, "value": value,
+            }
+    return None
+
+
+def current_promoted(base: Path) -> dict[str, Any] | None:
+    """promoted.json; on the first refresh, the first run's student if it was evaluated."""
+    promoted = read_promoted(base)
+    if promoted is None and (first := student_record(base, BASE_VERSION)) is not None:
+        promoted = promote(base, first, "the first run's student (before any refresh)")
+    return promoted

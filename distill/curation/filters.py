@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from distill.config import FiltersConfig, TaskConfig
-from distill.errors import ConfigError
-from distill.labels import canonical_json, majority_vote, normalize_label, validate_json
+from distill.core.config import FiltersConfig, TaskConfig
+from distill.core.errors import ConfigError
+from distill.curation.labels import canonical_json, majority_vote, normalize_label, validate_json
 
 Row = dict[str, Any]
 # A row filter returns None to keep the row, or the reason it is dropped.

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.dedup_minhash import MinHashParams
-from distill.errors import ConfigError, DataError
+from distill.curation.minhash import MinHashParams
+from distill.core.errors import ConfigError, DataError
 
 
 @dataclass

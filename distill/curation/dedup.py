@@ -24,8 +24,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from distill.dedup_index import DiskIndex, IndexedDocs
-from distill.dedup_minhash import (
+from distill.curation.dedup_index import DiskIndex, IndexedDocs
+from distill.curation.minhash import (
     MinHashParams, band_hashes, exact_key, lsh_params, minhash_batch, shingle_batch,
 )
 
@@ -90,14 +90,6 @@ def signatures_ray(texts: Sequence[str], params: MinHashParams, batch_size: int 
         out.column("sig").combine_chunks().values.to_numpy().reshape(n, params.num_perm),
         shingles.values.to_numpy()[offsets[0]:offsets[-1]], offsets - offsets[0],
     )
-
-
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
-                 log_to_driver=False)
 
 
 # --- candidates, verification, clusters ------------------------------------------------------
@@ -287,12 +279,6 @@ def resolve_params(cfg) -> tuple[MinHashParams, float]:
 
 
 def open_index(cfg, default_dir) -> DiskIndex:
-    from distill.errors import ConfigError
-
-    if cfg.storage == "redis":
-        raise ConfigError("config", [
-            "dedup.storage=redis is not supported yet; use storage: disk with an index_dir on "
-            "a filesystem every run can reach"])
     params, _ = resolve_params(cfg)
     index = DiskIndex(cfg.index_dir or default_dir, params, list(cfg.fields))
     index.check_meta()

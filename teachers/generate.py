@@ -22,11 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from distill.errors import ConfigError, StageNotReadyError
-from distill.prompts import teacher_messages, template_version
-from distill.rundir import Run
+from distill.core.artifacts import RunPaths
+from distill.core.errors import ConfigError, StageNotReadyError
+from distill.core.io import write_jsonl_atomic, write_parquet_atomic, write_text_atomic
+from distill.core.messages import teacher_messages, template_version
+from distill.core.rundir import Run
 from teachers.base import SamplingSpec, row_seed
 from teachers.cost import billed_units, estimate_cost
+from teachers.factory import teacher_source
 from teachers.udf import ROW_SCHEMA, TeacherUDF
 
 FAULT_ENV = "DISTILL_FAULT_INJECT"  # tests only: JSON, see _fault_config()
@@ -70,7 +73,7 @@ def sampling_spec(run: Run) -> SamplingSpec:
 
 def plan_shards(run: Run, model_ref: str) -> list[Shard]:
     """Every training prompt with its id, seed and messages, cut into deterministic shards."""
-    path = run.dir / "prompts" / "train.parquet"
+    path = run.paths.train_prompts
     if not path.is_file():
         raise StageNotReadyError(f"{path} not found: run the prompts stage first")
     cfg = run.cfg
@@ -96,12 +99,12 @@ def plan_shards(run: Run, model_ref: str) -> list[Shard]:
     return shards
 
 
-def finished_prompt_ids(shard_dir: Path) -> set[str]:
+def finished_prompt_ids(paths: RunPaths) -> set[str]:
     done: set[str] = set()
-    for f in sorted(shard_dir.glob("shard-*.parquet")):
+    for f in sorted(paths.generate_shards.glob("shard-*.parquet")):
         done.update(pq.read_table(f, columns=["prompt_id"]).column(0).to_pylist())
-    for f in sorted((shard_dir.parent / "errors").glob("shard-*.jsonl")):
-        if (shard_dir / f"{f.stem}.parquet").exists():
+    for f in sorted(paths.generate_shard_errors.glob("shard-*.jsonl")):
+        if (paths.generate_shards / f"{f.stem}.parquet").exists():
             done.update(json.loads(line)["prompt_id"] for line in f.read_text().splitlines())
     return done
 
@@ -111,24 +114,11 @@ def _fault_config() -> dict:
     return json.loads(raw) if raw else {}
 
 
-def _model_record(run: Run) -> tuple[str, dict]:
-    """The path engines load, and what the manifest records (never an API key)."""
-    teacher = run.cfg.teacher
-    if teacher.backend == "openai":
-        ep = teacher.endpoint
-        return ep.model, {"ref": teacher.model, "kind": "endpoint", "path": ep.base_url,
-                          "endpoint_model": ep.model, "source_sha256": None}
-    from distill.models import resolve
-
-    resolved = resolve(teacher.model)
-    return resolved.path, resolved.to_manifest()
-
-
 def _actor_resources(run: Run) -> dict[str, Any]:
     """One engine per actor: `tensor_parallel_size` GPUs each on a GPU cluster, none on CPU."""
     teacher = run.cfg.teacher
     gpus = 0
-    if teacher.backend != "openai":
+    if not teacher.is_endpoint:
         from teachers.vllm_engine import has_gpu
 
         cluster_gpus = __import__("ray").cluster_resources().get("GPU", 0)
@@ -140,7 +130,7 @@ def _actor_resources(run: Run) -> dict[str, Any]:
     # they go in as plain remote args (deprecated there, removed in Ray 2.64).
     args.update(max_restarts=teacher.max_restarts, max_task_retries=teacher.max_restarts)
     ep = teacher.endpoint
-    if teacher.backend == "openai" and ep.api_key_env and ep.api_key_env in os.environ:
+    if teacher.is_endpoint and ep.api_key_env and ep.api_key_env in os.environ:
         # Workers may have started before the key was set (or live on other nodes): hand it
         # over through Ray's runtime env, never through the manifest or a config file.
         args["runtime_env"] = {"env_vars": {ep.api_key_env: os.environ[ep.api_key_env]}}
@@ -150,9 +140,9 @@ def _actor_resources(run: Run) -> dict[str, Any]:
 class ShardWriter:
     """Collects a shard's rows as batches arrive; writes it once every prompt is back."""
 
-    def __init__(self, stage_dir: Path, pending: dict[str, list[dict]]):
-        self.shard_dir = stage_dir / "shards"
-        self.error_dir = stage_dir / "errors"
+    def __init__(self, paths: RunPaths, pending: dict[str, list[dict]]):
+        self.shard_dir = paths.generate_shards
+        self.error_dir = paths.generate_shard_errors
         self.error_dir.mkdir(parents=True, exist_ok=True)
         self.expected = {name: {r["prompt_id"] for r in rows} for name, rows in pending.items()}
         self.order = {name: [r["prompt_id"] for r in rows] for name, rows in pending.items()}
@@ -182,13 +172,10 @@ class ShardWriter:
         errors = {r["prompt_id"]: r for r in rows if r["error"] is not None}
         # Errors first, shard last: the shard's rename is the commit point of both files.
         err_path = self.error_dir / f"{name}.jsonl"
-        _write_atomic(err_path, "".join(json.dumps(_error_record(r, name)) + "\n"
-                                        for r in errors.values()).encode())
+        write_jsonl_atomic(err_path, [_error_record(r, name) for r in errors.values()])
         out = pa.Table.from_pylist([{k: r[k] for k in ROW_SCHEMA.names} for r in good],
                                    schema=ROW_SCHEMA)
-        tmp = self.shard_dir / f".{name}.parquet.tmp"
-        pq.write_table(out, tmp)
-        os.replace(tmp, self.shard_dir / f"{name}.parquet")
+        write_parquet_atomic(self.shard_dir / f"{name}.parquet", out)
         self.written += 1
 
 
@@ -199,19 +186,13 @@ def _error_record(r: dict, shard: str) -> dict:
             "shard": shard}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _merge_errors(stage_dir: Path) -> int:
+def _merge_errors(paths: RunPaths) -> int:
     """errors.jsonl = the error files of finished shards (rebuilt, so never duplicated)."""
     lines = []
-    for f in sorted((stage_dir / "errors").glob("shard-*.jsonl")):
-        if (stage_dir / "shards" / f"{f.stem}.parquet").exists():
+    for f in sorted(paths.generate_shard_errors.glob("shard-*.jsonl")):
+        if (paths.generate_shards / f"{f.stem}.parquet").exists():
             lines.extend(f.read_text().splitlines())
-    _write_atomic(stage_dir / "errors.jsonl", "".join(x + "\n" for x in lines).encode())
+    write_text_atomic(paths.generate_errors, "".join(x + "\n" for x in lines))
     return len(lines)
 
 
@@ -229,14 +210,14 @@ def run_generate(run: Run) -> dict:
     cfg = run.cfg
     start = time.perf_counter()
     sampling = sampling_spec(run)
-    model_path, model_info = _model_record(run)
+    source = teacher_source(cfg.teacher)
     shards = plan_shards(run, cfg.teacher.model)
-    run.record_model("teacher", model_info)
-    stage_dir = run.stage_dir("generate")
-    shard_dir = stage_dir / "shards"
+    run.record_model("teacher", source.manifest)
+    paths = run.paths
+    shard_dir = paths.generate_shards
     shard_dir.mkdir(parents=True, exist_ok=True)
 
-    done = finished_prompt_ids(shard_dir)
+    done = finished_prompt_ids(paths)
     pending = {}
     for s in shards:
         if (shard_dir / f"{s.name}.parquet").exists():
@@ -249,8 +230,8 @@ def run_generate(run: Run) -> dict:
 
     stats = {"prompt_tokens": 0, "completion_tokens": 0, "errors": 0, "prompts": 0}
     if pending:
-        _generate(run, pending, sampling, model_path, stage_dir, stats, todo)
-    n_errors = _merge_errors(stage_dir)
+        _generate(run, pending, sampling, source.path, stats, todo)
+    n_errors = _merge_errors(paths)
     prompts_total, completions_total = _totals(shard_dir)
     wall = time.perf_counter() - start
     price = cfg.cost.teacher
@@ -269,11 +250,11 @@ def run_generate(run: Run) -> dict:
 
 
 def _generate(run: Run, pending: dict[str, list[dict]], sampling: SamplingSpec, model_path: str,
-              stage_dir: Path, stats: dict, todo: int) -> None:
+              stats: dict, todo: int) -> None:
     import ray.data
     from tqdm.auto import tqdm
 
-    from teachers.ray_init import ensure_ray
+    from distill.core.ray_init import ensure_ray
 
     cfg = run.cfg
     ensure_ray(cfg)
@@ -294,7 +275,7 @@ def _generate(run: Run, pending: dict[str, list[dict]], sampling: SamplingSpec, 
         batch_size=bs, batch_format="pyarrow", concurrency=cfg.teacher.replicas,
         **_actor_resources(run),
     )
-    writer = ShardWriter(stage_dir, pending)
+    writer = ShardWriter(run.paths, pending)
     start = time.perf_counter()
     with tqdm(total=todo, unit="prompt", desc="generate", dynamic_ncols=True) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -12,7 +12,7 @@
 
 Each step is recorded in the manifest of its run dir, so a refresh that died half-way resumes
 the same version when rerun (finished steps are skipped); promoted.json changes only in step 6.
-The stages run through `stage_runner` (default `distill.pipeline.run_stage`), so the cycle is
+The stages run through `stage_runner` (the CLI passes `distill.pipeline.run_stage`), so the cycle is
 the same code whichever stages are plugged in.
 """
 
@@ -27,17 +27,18 @@ from typing import Any, Callable
 
 from rich.console import Console
 
-from distill.config import RunConfig
-from distill.errors import ConfigError, DistillError, StageNotReadyError
-from distill.rundir import Run
-from ray_jobs import versions as V
+from distill.core.artifacts import RunPaths
+from distill.core.config import RunConfig
+from distill.core.errors import ConfigError, DistillError, StageNotReadyError
+from distill.core.io import atomic_outputs, file_sha256, write_parquet_atomic
+from distill.core.rundir import Run
+from distill.core import versions as V
 
 console = Console()
 
 StageRunner = Callable[[Run, str], "dict | None"]
 DATA_STAGES = ("generate", "curate")
 TRAIN_STAGES = ("pairs", "sft", "dpo", "export", "eval")
-STUDENTS = ("student_dpo", "student_sft")  # eval/results.json names, best first
 
 
 @dataclass
@@ -57,14 +58,6 @@ class RefreshResult:
 # --- small helpers ---------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def own_step(run: Run, name: str, func: Callable[[], dict]) -> dict:
     """A refresh step recorded like a stage: skipped when done (resume), summary kept."""
     if run.is_done(name):
@@ -77,7 +70,7 @@ def own_step(run: Run, name: str, func: Callable[[], dict]) -> dict:
 
 
 def index_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.dedup.index_dir or Path(cfg.output_dir) / "dedup_index")
+    return Path(cfg.dedup.index_dir or RunPaths(cfg.output_dir).dedup_index)
 
 
 def derived_config(cfg: RunConfig, output_dir: Path, **updates: Any) -> RunConfig:
@@ -107,10 +100,10 @@ def _read_ids(path: Path) -> set[str]:
 
 def seen_prompt_ids(base: Path, exclude: Path | None = None) -> set[str]:
     """Every prompt the first run or an earlier version sent to the teacher."""
-    seen = _read_ids(base / "prompts" / "train.parquet")
+    seen = _read_ids(RunPaths(base).train_prompts)
     for _, vdir in V.versions(base):
         if exclude is None or vdir.resolve() != exclude.resolve():
-            seen |= _read_ids(vdir / "data" / "prompts" / "train.parquet")
+            seen |= _read_ids(V.data_dir(vdir).train_prompts)
     return seen
 
 
@@ -120,7 +113,7 @@ def select_new_prompts(cfg: RunConfig, exclude: Path | None = None) -> list:
 
     base = Path(cfg.output_dir)
     examples, _bad, _dups = collect(load_rows(cfg), cfg.data.on_bad_row)
-    skip = _read_ids(base / "prompts" / "test.parquet") | seen_prompt_ids(base, exclude)
+    skip = _read_ids(RunPaths(base).test_prompts) | seen_prompt_ids(base, exclude)
     new = [e for e in examples if e.example_id not in skip]
     if cfg.refresh.max_new_prompts is not None:
         new = new[: cfg.refresh.max_new_prompts]
@@ -133,13 +126,19 @@ def write_version_prompts(run: Run, cfg: RunConfig, new: list | None) -> dict:
     base = Path(cfg.output_dir)
     if new is None:  # resuming a version whose prompts step never finished
         new = select_new_prompts(cfg, exclude=run.dir.parent)
-    out = run.stage_dir("prompts")
-    shutil.copyfile(base / "prompts" / "test.parquet", out / "test.parquet")  # same held-out set
-    write_examples(out / "train.parquet", new)
+    out = run.paths
+    copy_held_out(base, out)
+    write_examples(out.train_prompts, new)
     ids = sorted(e.example_id for e in new)
     return {"new_prompts": len(new), "new_prompt_ids_sha256": _ids_sha(ids),
-            "test_sha256": file_sha256(out / "test.parquet"),
+            "test_sha256": file_sha256(out.test_prompts),
             "sources": sorted({e.source for e in new})}
+
+
+def copy_held_out(base: Path, dest: RunPaths) -> None:
+    """Every version is evaluated on the first run's held-out set, byte for byte."""
+    dest.test_prompts.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(RunPaths(base).test_prompts, dest.test_prompts)
 
 
 def _ids_sha(ids: list[str]) -> str:
@@ -151,15 +150,15 @@ def _ids_sha(ids: list[str]) -> str:
 
 def data_versions(base: Path, upto: Path, retrain_from: str) -> list[tuple[str, Path]]:
     """(version, run dir holding prompts/generate/curate) whose data trains this version."""
-    this = (upto.name, upto / "data")
+    this = (upto.name, V.data_dir(upto).root)
     if retrain_from == "previous":
         return [this]
     found = [(V.BASE_VERSION, base)]
     for _, vdir in V.versions(base):
         if vdir.resolve() == upto.resolve():
             break
-        if (vdir / "data" / "curate" / "train.parquet").exists():
-            found.append((vdir.name, vdir / "data"))
+        if V.data_dir(vdir).curated.exists():
+            found.append((vdir.name, V.data_dir(vdir).root))
     return found + [this]
 
 
@@ -169,79 +168,37 @@ def assemble(train_run: Run, base: Path, sources: list[tuple[str, Path]]) -> dic
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from distill.curate import atomic_outputs
-
-    prompts = train_run.stage_dir("prompts")
-    shutil.copyfile(base / "prompts" / "test.parquet", prompts / "test.parquet")
+    out = train_run.paths
+    copy_held_out(base, out)
     curated, prompt_tables, per_version = [], [], {}
     for name, d in sources:
-        path = d / "curate" / "train.parquet"
+        path = RunPaths(d).curated
         if not path.exists():
             raise StageNotReadyError(f"{path} missing: version {name}'s curation did not finish")
         table = pq.read_table(path)
         curated.append(table)
-        prompt_tables.append(pq.read_table(d / "prompts" / "train.parquet"))
+        prompt_tables.append(pq.read_table(RunPaths(d).train_prompts))
         per_version[name] = table.num_rows
     union = pa.concat_tables(curated, promote_options="default")
     keep = pa.array(sorted(set(union.column("example_id").to_pylist())))
-    shards = train_run.stage_dir("generate") / "shards"
-    shards.mkdir(exist_ok=True)
+    shards = out.generate_shards
+    shards.mkdir(parents=True, exist_ok=True)
     for old in shards.glob("*.parquet"):
         old.unlink()  # a resumed assemble rewrites the whole set
     for name, d in sources:
-        rows = [pq.read_table(p) for p in sorted((d / "generate" / "shards").glob("*.parquet"))]
+        rows = [pq.read_table(p) for p in sorted(RunPaths(d).generate_shards.glob("*.parquet"))]
         if rows:
             t = pa.concat_tables(rows, promote_options="default")
-            pq.write_table(t.filter(pc.is_in(t.column("example_id"), value_set=keep)),
-                           shards / f"{name}.parquet")
-    curate_dir = train_run.stage_dir("curate")
-    with atomic_outputs(curate_dir / "train.parquet", prompts / "train.parquet") as (tr, pr):
+            write_parquet_atomic(shards / f"{name}.parquet",
+                                 t.filter(pc.is_in(t.column("example_id"), value_set=keep)))
+    with atomic_outputs(out.curated, out.train_prompts) as (tr, pr):
         pq.write_table(union, tr)
         pq.write_table(pa.concat_tables(prompt_tables, promote_options="default"), pr)
     return {"versions": per_version, "examples": union.num_rows,
-            "dataset_sha256": file_sha256(curate_dir / "train.parquet"),
-            "test_sha256": file_sha256(prompts / "test.parquet")}
+            "dataset_sha256": file_sha256(out.curated), "test_sha256": file_sha256(out.test_prompts)}
 
 
 # --- 6. gate ---------------------------------------------------------------------------------
-
-
-def _value(entry: Any, metric: str) -> float | None:
-    v = entry.get(metric) if isinstance(entry, dict) else None
-    if isinstance(v, dict):  # {"value": .., "ci": [..]} style
-        v = v.get("value", v.get("mean"))
-    return float(v) if isinstance(v, (int, float)) else None
-
-
-def student_record(base: Path, version: str) -> dict[str, Any] | None:
-    """The best trained student of a version and its held-out metric, or None if not evaluated."""
-    d = V.model_dir(base, version)
-    results = V.read_json(d / "eval" / "results.json")
-    if not results:
-        return None
-    metric = results.get("main_metric", "accuracy")
-    for name in STUDENTS:
-        stage = name.removeprefix("student_")
-        value = _value(results.get("models", {}).get(name), metric)
-        adapter = d / stage / "adapter"
-        if value is not None and adapter.is_dir():
-            manifest = V.read_json(d / "manifest.json") or {}
-            merged = d / "export" / "merged"
-            return {
-                "version": version, "run_dir": str(d), "student": name, "adapter": str(adapter),
-                "base_model": manifest.get("config", {}).get("student", {}).get("model"),
-                "merged_model": str(merged) if merged.is_dir() else None,
-                "metric": metric, "value": value,
-            }
-    return None
-
-
-def current_promoted(base: Path) -> dict[str, Any] | None:
-    """promoted.json; on the first refresh, the first run's student if it was evaluated."""
-    promoted = V.read_promoted(base)
-    if promoted is None and (first := student_record(base, V.BASE_VERSION)) is not None:
-        promoted = V.promote(base, first, "the first run's student (before any refresh)")
-    return promoted
 
 
 def gate(candidate: dict | None, current: dict | None, tolerance: float) -> tuple[bool, str]:
@@ -269,18 +226,9 @@ def unfinished_version(base: Path) -> Path | None:
     return None
 
 
-def _check_built(stages: tuple[str, ...]) -> None:
-    from distill.pipeline import is_built, stage_by_name
-
-    missing = [s for s in stages if not is_built(stage_by_name(s))]
-    if missing:
-        raise StageNotReadyError(f"refresh needs the stages {', '.join(missing)}, "
-                                 "which are not built in this installation")
-
-
 def train_config(cfg: RunConfig, vdir: Path, parent: dict | None) -> RunConfig:
     if cfg.refresh.retrain_from == "scratch":
-        return derived_config(cfg, vdir / "train")
+        return derived_config(cfg, V.train_root(vdir))
     merged = (parent or {}).get("merged_model")
     if not merged or not Path(merged).is_dir():
         where = parent["run_dir"] if parent else cfg.output_dir
@@ -289,13 +237,18 @@ def train_config(cfg: RunConfig, vdir: Path, parent: dict | None) -> RunConfig:
             f"export.merged: true and run `distill export CONFIG --force` on {where}, or use "
             "refresh.retrain_from: scratch"])
     # The previous student, merged, is the new base; the version writes its own merged model.
-    return derived_config(cfg, vdir / "train", student__model=str(merged), export__merged=True)
+    return derived_config(cfg, V.train_root(vdir), student__model=str(merged),
+                          export__merged=True)
 
 
-def refresh(cfg: RunConfig, stage_runner: StageRunner | None = None) -> RefreshResult:
-    """One refresh cycle (or the resumption of an unfinished one). See the module docstring."""
+def refresh(cfg: RunConfig, stage_runner: StageRunner) -> RefreshResult:
+    """One refresh cycle (or the resumption of an unfinished one). See the module docstring.
+
+    `stage_runner(run, name)` runs one stage of the pipeline (the CLI passes
+    `distill.pipeline.run_stage`), so this module needs no stage table of its own.
+    """
     base = Path(cfg.output_dir)
-    if not (base / "prompts" / "test.parquet").exists():
+    if not RunPaths(base).test_prompts.exists():
         raise StageNotReadyError(f"{base}: no first run to refresh (its held-out set "
                                  "prompts/test.parquet is fixed by `distill run CONFIG` first)")
     vdir, new = unfinished_version(base), None
@@ -305,13 +258,8 @@ def refresh(cfg: RunConfig, stage_runner: StageRunner | None = None) -> RefreshR
             reason = f"{len(new)} new prompt(s) < refresh.min_new_prompts={cfg.refresh.min_new_prompts}"
             console.print(f"[yellow]nothing to refresh: {reason}[/yellow]")
             return RefreshResult(None, "nothing_new", len(new), reason)
-    if stage_runner is None:  # checked before a version is made, so none is left half-made
-        from distill.pipeline import run_stage
-
-        _check_built(DATA_STAGES + TRAIN_STAGES)
-        stage_runner = run_stage
     if vdir is None:
-        parent = current_promoted(base)
+        parent = V.current_promoted(base)
         n = V.versions(base)[-1][0] + 1 if V.versions(base) else 1
         vdir = V.refresh_root(base) / V.version_name(n)
         vdir.mkdir(parents=True)
@@ -330,7 +278,7 @@ def refresh(cfg: RunConfig, stage_runner: StageRunner | None = None) -> RefreshR
 
 
 def _cycle(cfg, base, vdir, record, new, stage_runner) -> RefreshResult:
-    data_run = Run(derived_config(cfg, vdir / "data"))
+    data_run = Run(derived_config(cfg, V.data_root(vdir)))
     prompts = own_step(data_run, "prompts", lambda: write_version_prompts(data_run, cfg, new))
     record.update(new_prompts=prompts["new_prompts"],
                   new_prompt_ids_sha256=prompts["new_prompt_ids_sha256"],
@@ -339,7 +287,7 @@ def _cycle(cfg, base, vdir, record, new, stage_runner) -> RefreshResult:
     for name in DATA_STAGES:
         stage_runner(data_run, name)
 
-    parent = student_record(base, record["parent"]) if record.get("parent") else None
+    parent = V.student_record(base, record["parent"]) if record.get("parent") else None
     train_run = Run(train_config(cfg, vdir, parent))
     sources = data_versions(base, vdir, cfg.refresh.retrain_from)
     dataset = own_step(train_run, "assemble", lambda: assemble(train_run, base, sources))
@@ -348,7 +296,7 @@ def _cycle(cfg, base, vdir, record, new, stage_runner) -> RefreshResult:
     for name in TRAIN_STAGES:
         stage_runner(train_run, name)
 
-    candidate = student_record(base, vdir.name)
+    candidate = V.student_record(base, vdir.name)
     current = V.read_promoted(base)
     ok, reason = gate(candidate, current, cfg.refresh.tolerance)
     if ok:
@@ -366,32 +314,12 @@ def _cycle(cfg, base, vdir, record, new, stage_runner) -> RefreshResult:
                          (candidate or current or {}).get("metric"))
 
 
-def promote_version(cfg: RunConfig, version: str, reason: str = "manual promotion") -> dict:
-    """Point promoted.json at an evaluated version (a rollback is this, to an older one)."""
-    base = Path(cfg.output_dir)
-    record = student_record(base, version)
-    if record is None:
-        raise DistillError(f"{V.model_dir(base, version)}: version {version} has no evaluated "
-                           "student (eval/results.json and an adapter) to promote")
-    return V.promote(base, record, reason)
-
-
-def rollback(cfg: RunConfig) -> dict:
-    """Promote again the student that was promoted before the current one."""
-    base = Path(cfg.output_dir)
-    current = V.read_promoted(base)
-    if not current or not current.get("previous_version"):
-        raise DistillError(f"{V.promoted_path(base)}: no earlier promoted student to roll back to")
-    return promote_version(cfg, current["previous_version"],
-                           f"rollback from {current['version']}")
-
-
 def version_table(base: Path) -> list[dict[str, Any]]:
     """One row per version for `distill refresh --list`."""
     promoted = (V.read_promoted(base) or {}).get("version")
     rows = []
-    first = student_record(base, V.BASE_VERSION)
-    if first or (base / "manifest.json").exists():
+    first = V.student_record(base, V.BASE_VERSION)
+    if first or RunPaths(base).manifest.exists():
         rows.append({"version": V.BASE_VERSION, "status": "first run", "new_prompts": None,
                      "value": (first or {}).get("value"), "promoted": promoted == V.BASE_VERSION})
     for _, vdir in V.versions(base):

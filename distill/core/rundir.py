@@ -7,7 +7,6 @@ killed run leaves an honest manifest behind and `distill run` knows what to skip
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from contextlib import contextmanager
@@ -16,7 +15,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from distill.config import RunConfig
+from distill.core.artifacts import RunPaths
+from distill.core.config import RunConfig
+from distill.core.io import write_json_atomic
 
 TRACKED_PACKAGES = (
     "distill", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "ray",
@@ -34,14 +35,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write-then-rename, so a crash never leaves a half-written JSON file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -52,7 +45,8 @@ class Run:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.dir = Path(cfg.output_dir)
-        self.manifest_path = self.dir / "manifest.json"
+        self.paths = RunPaths(self.dir)
+        self.manifest_path = self.paths.manifest
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest = self._load_or_create()
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 
 
 class Section(BaseModel):
@@ -121,6 +121,11 @@ class TeacherConfig(Section):
         3, ge=0, description="Ray restarts of a crashed engine actor; its batch is retried"
     )
 
+    @property
+    def is_endpoint(self) -> bool:
+        """An OpenAI-compatible HTTP server: no engine of ours, billed by tokens."""
+        return self.backend == "openai"
+
     @model_validator(mode="after")
     def _endpoint_for_openai(self) -> TeacherConfig:
         if self.backend == "openai" and self.endpoint is None:
@@ -182,15 +187,11 @@ class DedupConfig(Section):
     keep: Literal["first", "longest", "shortest"] = Field(
         "first", description="which document of a cluster is kept; indexed ones always win")
     index_dir: Path | None = Field(None, description="persistent index; default <run>/dedup_index")
-    storage: Literal["disk", "redis"] = "disk"
-    redis_url: str | None = None
 
     @model_validator(mode="after")
     def _bands_rows_together(self) -> DedupConfig:
         if (self.bands is None) != (self.rows is None):
             raise ValueError("give both dedup.bands and dedup.rows, or neither")
-        if self.storage == "redis" and not self.redis_url:
-            raise ValueError("dedup.storage=redis needs dedup.redis_url")
         return self
 
 
@@ -210,7 +211,6 @@ class PairsConfig(Section):
     max_pairs_per_prompt: int = Field(1, gt=0)
     judge_rubric: str | None = None
     rule: str | None = Field(None, description="rule scorer: name of a built-in rule")
-    on_policy: bool = Field(False, description="rejected = the student's own wrong answers")
     synthesize_rejected: bool = Field(
         True, description="classification: when every sample is right, reject a wrong label "
         "(origin label_swap)")

@@ -1,0 +1,152 @@
+"""Every path a stage reads or writes inside a run directory, named once.
+
+Stages never spell a run-dir path themselves: `RunPaths(run_dir).test_prompts` is the held-out
+set wherever it is read (curate, eval, bench, refresh), so the layout can change in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ADAPTER_MARKER = "adapter_config.json"  # a saved PEFT adapter always has it
+TRAIN_STAGES = ("sft", "dpo")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def stage(self, name: str) -> Path:
+        return self.root / name
+
+    # --- run -----------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def jobs(self) -> Path:
+        """Configs of jobs submitted to a cluster, one YAML per submission."""
+        return self.root / "jobs"
+
+    # --- prompts ---------------------------------------------------------------------------------
+    @property
+    def train_prompts(self) -> Path:
+        return self.root / "prompts" / "train.parquet"
+
+    @property
+    def test_prompts(self) -> Path:
+        """The held-out set: read by eval, bench and decontamination, never by training."""
+        return self.root / "prompts" / "test.parquet"
+
+    @property
+    def bad_rows(self) -> Path:
+        return self.root / "prompts" / "bad_rows.jsonl"
+
+    # --- generate --------------------------------------------------------------------------------
+    @property
+    def generate_shards(self) -> Path:
+        return self.root / "generate" / "shards"
+
+    @property
+    def generate_shard_errors(self) -> Path:
+        return self.root / "generate" / "errors"
+
+    @property
+    def generate_errors(self) -> Path:
+        return self.root / "generate" / "errors.jsonl"
+
+    # --- curate and pairs ------------------------------------------------------------------------
+    @property
+    def curated(self) -> Path:
+        return self.root / "curate" / "train.parquet"
+
+    @property
+    def rejects(self) -> Path:
+        return self.root / "curate" / "rejects.parquet"
+
+    @property
+    def pairs(self) -> Path:
+        return self.root / "pairs" / "pairs.parquet"
+
+    @property
+    def dedup_index(self) -> Path:
+        return self.root / "dedup_index"
+
+    # --- training ----------------------------------------------------------------------------------
+    def adapter(self, stage: str) -> Path:
+        return self.root / stage / "adapter"
+
+    def checkpoints(self, stage: str) -> Path:
+        return self.root / stage / "checkpoints"
+
+    def train_metrics(self, stage: str) -> Path:
+        return self.root / stage / "metrics.jsonl"
+
+    def train_summary(self, stage: str) -> Path:
+        return self.root / stage / "summary.json"
+
+    def finished_adapter(self, stage: str) -> Path | None:
+        """The stage's adapter folder if training finished writing it, else None."""
+        folder = self.adapter(stage)
+        done = (folder / ADAPTER_MARKER).is_file() and any(folder.glob("adapter_model.*"))
+        return folder if done else None
+
+    def final_adapter(self) -> Path | None:
+        """The adapter that ships: DPO's if it exists, else SFT's."""
+        for stage in reversed(TRAIN_STAGES):
+            if (found := self.finished_adapter(stage)) is not None:
+                return found
+        return None
+
+    # --- export ----------------------------------------------------------------------------------
+    @property
+    def export_summary(self) -> Path:
+        return self.root / "export" / "export.json"
+
+    @property
+    def export_merged(self) -> Path:
+        return self.root / "export" / "merged"
+
+    def merged(self, stage: str) -> Path:
+        """A tuned student merged into its base for serving (cached per training stage)."""
+        return self.root / "merged" / stage
+
+    # --- eval, bench, report ---------------------------------------------------------------------
+    @property
+    def eval_results(self) -> Path:
+        return self.root / "eval" / "results.json"
+
+    @property
+    def eval_predictions(self) -> Path:
+        return self.root / "eval" / "predictions.parquet"
+
+    def eval_answers(self, contender: str) -> Path:
+        return self.root / "eval" / f"answers_{contender}.json"
+
+    @property
+    def bench_results(self) -> Path:
+        return self.root / "bench" / "results.json"
+
+    def server_log(self, name: str) -> Path:
+        return self.root / "bench" / f"vllm_{name}.log"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report" / "report.json"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report" / "report.html"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report" / "report.md"
