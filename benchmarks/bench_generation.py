@@ -57,7 +57,7 @@ def ours(texts: list[str], max_tokens: int, batch_size: int, engine: dict) -> di
         run = make_run(Path(tmp), n=1, texts=texts,
                        teacher={"batch_size": batch_size, "max_model_len": 512,
                                 "engine_kwargs": engine},
-                       generation={"max_tokens": max_tokens, "shard_size": batch_size})
+                       generate={"max_tokens": max_tokens, "shard_size": batch_size})
         summary = run_generate(run)
         import pyarrow.parquet as pq
 

@@ -37,7 +37,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # a message is never cut mid-line
 
 ConfigArg = typer.Argument(..., help="run config (YAML)", show_default=False)
 OverrideOpt = typer.Option(None, "--set", "-s", help="override a key: --set sft.max_steps=10")

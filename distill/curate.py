@@ -6,7 +6,7 @@ Outputs (all written tmp-then-rename, nothing partial on failure):
     curate/rejects.parquet  row_id, example_id, filter, detail   (every input row not in a
                             train row's row_ids is here, with the filter that dropped it)
 The kept examples are added to the persistent dedup index, so a later refresh pointing at the
-same `dedup.index_dir` drops what duplicates them.
+same `curate.dedup.index_dir` drops what duplicates them.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def read_test_texts(run: Run) -> list[str]:
     path = run.paths.test_prompts
     if not path.exists():
         raise StageNotReadyError(f"decontamination needs the held-out set {path}: "
-                                 "run the prompts stage first (or set decontam.enabled: false)")
+                                 "run the prompts stage first (or set curate.decontam.enabled: false)")
     try:
         return [t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t]
     except Exception as exc:
@@ -180,14 +180,14 @@ class Funnel:
 def run_curate(run: Run) -> dict[str, Any]:
     cfg = run.cfg
     rows = read_generate_rows(run)
-    test_texts = read_test_texts(run) if cfg.decontam.enabled else []
+    test_texts = read_test_texts(run) if cfg.curate.decontam.enabled else []
     funnel = Funnel()
     rejects: list[Rejected] = []
 
     # 1. row filters, each counted
     kept_rows = rows
     filter_counts: dict[str, int] = {}
-    for f in build_row_filters(cfg.filters, cfg.task):
+    for f in build_row_filters(cfg.curate.filters, cfg.task):
         n_in = len(kept_rows)
         kept_rows, rej, counts = apply_row_filters(kept_rows, [f])
         rejects += rej
@@ -196,7 +196,7 @@ def run_curate(run: Run) -> dict[str, Any]:
 
     # 2. agreement vote over the n samples of each example
     n_by_example = Counter(r["example_id"] for r in rows)
-    examples, rej = vote_all(kept_rows, n_by_example, cfg.task, cfg.filters.min_agreement)
+    examples, rej = vote_all(kept_rows, n_by_example, cfg.task, cfg.curate.filters.min_agreement)
     rejects += rej
     vote_counts = Counter(r.filter for r in rej)
     n_examples_in = len({r["example_id"] for r in kept_rows})
@@ -209,17 +209,17 @@ def run_curate(run: Run) -> dict[str, Any]:
 
     # 5. decontamination against the held-out test set
     decontam_dropped = 0
-    if cfg.decontam.enabled:
+    if cfg.curate.decontam.enabled:
         fields = [[e.text if f == "prompt" else e.target for e in examples]
-                  for f in cfg.decontam.fields]
+                  for f in cfg.curate.decontam.fields]
         hits = {i: ("decontam", d) for i, d in
-                _contaminated(fields, test_texts, cfg.decontam).items()}
+                _contaminated(fields, test_texts, cfg.curate.decontam).items()}
         n_in = len(examples)
         examples, rej = _drop_examples(examples, hits)
         rejects += rej
         decontam_dropped = len(hits)
         funnel.add("decontamination", "examples", n_in, decontam_dropped,
-                   note=f"{cfg.decontam.method} vs {len(test_texts)} test rows")
+                   note=f"{cfg.curate.decontam.method} vs {len(test_texts)} test rows")
 
     with atomic_outputs(run.paths.rejects, run.paths.curated) as (rej_tmp, tr_tmp):
         _write_rejects(rejects, rej_tmp)
@@ -234,7 +234,7 @@ def run_curate(run: Run) -> dict[str, Any]:
         "vote": {"examples_in": n_examples_in, "examples_kept": n_after_vote,
                  "rows_dropped": dict(vote_counts)},
         "dedup": dedup_summary,
-        "decontam": {"enabled": cfg.decontam.enabled, "method": cfg.decontam.method,
+        "decontam": {"enabled": cfg.curate.decontam.enabled, "method": cfg.curate.decontam.method,
                      "dropped": decontam_dropped, "test_rows": len(test_texts)},
         "examples_out": len(examples),
         "rejected_rows": len(rejects),
@@ -262,7 +262,7 @@ def _dedup(run: Run, examples: list[Example], rows, rejects: list[Rejected], fun
     from distill.curation import dedup as dd
     from distill.curation.dedup_index import IndexedDocs
 
-    cfg = run.cfg.dedup
+    cfg = run.cfg.curate.dedup
     summary: dict[str, Any] = {"exact_dropped": 0, "near_dropped": 0, "dropped_total": 0}
     if not (cfg.exact or cfg.near):
         return summary, examples, IndexUpdate()

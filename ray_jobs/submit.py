@@ -51,10 +51,10 @@ def job_config(cfg: RunConfig) -> RunConfig:
     """The config a job runs with: absolute paths, Ray attached to the job's cluster."""
     data = cfg.resolved()
     data["output_dir"] = str(_absolute(cfg.output_dir))
-    if cfg.data.path is not None:
-        data["data"]["path"] = str(_absolute(cfg.data.path))
-    if cfg.dedup.index_dir is not None:
-        data["dedup"]["index_dir"] = str(_absolute(cfg.dedup.index_dir))
+    if cfg.prompts.path is not None:
+        data["prompts"]["path"] = str(_absolute(cfg.prompts.path))
+    if cfg.curate.dedup.index_dir is not None:
+        data["curate"]["dedup"]["index_dir"] = str(_absolute(cfg.curate.dedup.index_dir))
     data["ray"] = {"address": "auto", "num_cpus": None}
     return RunConfig.model_validate(data)
 

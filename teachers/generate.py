@@ -1,6 +1,6 @@
 """The generate stage: teacher completions for every training prompt, resumable, on Ray Data.
 
-Resume contract: the prompts are cut, in input order, into shards of `generation.shard_size`;
+Resume contract: the prompts are cut, in input order, into shards of `generate.shard_size`;
 a shard's file name carries a hash of its prompt ids, and it is written tmp-then-rename only
 once all its prompts came back. A rerun skips every prompt id already present in a finished
 shard, so a killed job generates only what is missing and never writes a row twice.
@@ -56,15 +56,15 @@ def prompt_id(model_ref: str, template_ver: str, text: str, seed: int) -> str:
 
 
 def sampling_spec(run: Run) -> SamplingSpec:
-    cfg, gen = run.cfg, run.cfg.generation
+    cfg, gen = run.cfg, run.cfg.generate
     choices = schema = None
     if gen.structured_output == "choice":
         if not cfg.task.labels:
-            raise ConfigError("generation.structured_output", ["choice needs task.labels"])
+            raise ConfigError("generate.structured_output", ["choice needs task.labels"])
         choices = tuple(cfg.task.labels)
     elif gen.structured_output == "json":
         if cfg.task.json_schema is None:
-            raise ConfigError("generation.structured_output", ["json needs task.json_schema"])
+            raise ConfigError("generate.structured_output", ["json needs task.json_schema"])
         schema = cfg.task.json_schema
     return SamplingSpec(n=gen.n, temperature=gen.temperature, top_p=gen.top_p,
                         max_tokens=gen.max_tokens, logprobs=gen.logprobs, choices=choices,
@@ -80,7 +80,7 @@ def plan_shards(run: Run, model_ref: str) -> list[Shard]:
     version = template_version(cfg.task)
     rows, seen = [], set()
     for rec in pq.read_table(path, columns=["example_id", "text", "label"]).to_pylist():
-        pid = prompt_id(model_ref, version, rec["text"], cfg.generation.seed)
+        pid = prompt_id(model_ref, version, rec["text"], cfg.generate.seed)
         if pid in seen:  # the same text twice would be the same rows twice
             continue
         seen.add(pid)
@@ -88,9 +88,9 @@ def plan_shards(run: Run, model_ref: str) -> list[Shard]:
             "prompt_id": pid, "example_id": rec["example_id"], "text": rec["text"],
             "label": None if rec["label"] is None else str(rec["label"]),
             "messages": json.dumps(teacher_messages(cfg.task, rec["text"])),
-            "seed": row_seed(cfg.generation.seed, pid),
+            "seed": row_seed(cfg.generate.seed, pid),
         })
-    size = cfg.generation.shard_size
+    size = cfg.generate.shard_size
     shards = []
     for k in range(math.ceil(len(rows) / size)):
         chunk = rows[k * size:(k + 1) * size]
@@ -270,7 +270,7 @@ def _generate(run: Run, pending: dict[str, list[dict]], sampling: SamplingSpec, 
         fn_constructor_kwargs={
             "teacher": cfg.teacher.model_dump(mode="json"), "model_path": model_path,
             "model_ref": cfg.teacher.model, "sampling": _sampling_kwargs(sampling),
-            "seed": cfg.generation.seed, "fault": fault,
+            "seed": cfg.generate.seed, "fault": fault,
         },
         batch_size=bs, batch_format="pyarrow", concurrency=cfg.teacher.replicas,
         **_actor_resources(run),

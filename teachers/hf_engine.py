@@ -37,7 +37,7 @@ class HFGenerator:
     def generate(self, messages: list[Messages], sampling: SamplingSpec,
                  seeds: list[int] | None = None) -> list[Completion]:
         if sampling.choices or sampling.json_schema is not None:
-            raise ConfigError("generation.structured_output", [
+            raise ConfigError("generate.structured_output", [
                 "the transformers backend has no structured output; use teacher.backend=vllm"])
         base_seeds = request_seeds(sampling, seeds, len(messages))
         out: list[Completion] = []

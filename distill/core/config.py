@@ -63,8 +63,8 @@ class TaskConfig(Section):
         return self
 
 
-class DataConfig(Section):
-    """Where prompts come from, and how the held-out test set is split off."""
+class PromptsConfig(Section):
+    """`distill prompts`: where prompts come from, and how the held-out test set is split off."""
 
     source: Literal["rotten_tomatoes", "jsonl", "csv", "parquet"] = "rotten_tomatoes"
     path: Path | None = Field(None, description="file or directory of files (not for builtins)")
@@ -86,9 +86,9 @@ class DataConfig(Section):
         return v
 
     @model_validator(mode="after")
-    def _path_for_files(self) -> DataConfig:
+    def _path_for_files(self) -> PromptsConfig:
         if self.source != "rotten_tomatoes" and self.path is None:
-            raise ValueError(f"data.source={self.source} needs data.path")
+            raise ValueError(f"prompts.source={self.source} needs prompts.path")
         return self
 
 
@@ -133,7 +133,9 @@ class TeacherConfig(Section):
         return self
 
 
-class GenerationConfig(Section):
+class GenerateConfig(Section):
+    """`distill generate`: how the teacher samples (the engine itself is `teacher:`)."""
+
     n: int = Field(1, gt=0, description="samples per prompt")
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -202,6 +204,14 @@ class DecontamConfig(Section):
         default_factory=lambda: ["prompt", "completion"], description="what must not overlap the test set")
     ngram: int = Field(8, gt=0, description="word n-gram size (a shorter text must match whole)")
     threshold: float = Field(0.8, gt=0, le=1, description="minhash method only")
+
+
+class CurateConfig(Section):
+    """`distill curate`: row filters, exact and near dedup, decontamination."""
+
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
 
 
 class PairsConfig(Section):
@@ -379,12 +389,10 @@ class RunConfig(Section):
     output_dir: Path
     seed: int = 0
     task: TaskConfig
-    data: DataConfig = Field(default_factory=DataConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     teacher: TeacherConfig
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    filters: FiltersConfig = Field(default_factory=FiltersConfig)
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
-    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     student: StudentConfig
     sft: SFTConfig = Field(default_factory=SFTConfig)
@@ -446,6 +454,22 @@ def _describe(err: dict) -> str:
     return f"{path}: {msg}"
 
 
+# Sections renamed so that each command's section carries the command's name.
+RENAMED_SECTIONS = {"data": "prompts", "generation": "generate", "filters": "curate.filters",
+                    "dedup": "curate.dedup", "decontam": "curate.decontam"}
+
+
+def _renamed(data: dict, lines: dict[tuple, int]) -> list[str]:
+    problems = []
+    for old, new in RENAMED_SECTIONS.items():
+        if old in data:
+            line = lines.get((old,))
+            where = f"line {line}: " if line else ""
+            problems.append(f"{where}{old}: this section is now `{new}` (each command's section "
+                            "has the command's name)")
+    return problems
+
+
 def _apply_override(data: dict, override: str) -> None:
     if "=" not in override:
         raise ConfigError("overrides", [f"{override!r}: expected key.path=value"])
@@ -477,6 +501,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     for override in overrides or []:
         _apply_override(data, override)
     lines = _key_lines(node) if node is not None else {}
+    if renamed := _renamed(data, lines):
+        raise ConfigError(str(path), renamed)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -92,7 +92,7 @@ class DiskIndex:
         if diff:
             raise ConfigError(str(path), diff + [
                 "an index only matches signatures made with the same parameters: "
-                "use these values, or a new dedup.index_dir"])
+                "use these values, or a new curate.dedup.index_dir"])
 
     def segment_ids(self) -> list[str]:
         if not self.segments_dir.exists():

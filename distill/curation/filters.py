@@ -90,7 +90,7 @@ def build_row_filters(cfg: FiltersConfig, task: TaskConfig) -> list[RowFilter]:
     ):
         if limit is not None:
             filters.append(_bound(name, column, limit, low))
-    must = _compile(cfg.must_match, "filters.must_match")
+    must = _compile(cfg.must_match, "curate.filters.must_match")
     if must:
         def check_must(row: Row) -> str | None:
             for rx in must:
@@ -98,12 +98,12 @@ def build_row_filters(cfg: FiltersConfig, task: TaskConfig) -> list[RowFilter]:
                     return f"no match for {rx.pattern!r}"
             return None
         filters.append(RowFilter("must_match", check_must))
-    must_not = _compile(cfg.must_not_match, "filters.must_not_match")
+    must_not = _compile(cfg.must_not_match, "curate.filters.must_not_match")
     if must_not:
         filters.append(RowFilter("must_not_match", _first_match(must_not)))
     if cfg.drop_refusals:
         patterns = DEFAULT_REFUSAL_PATTERNS if cfg.refusal_patterns is None else cfg.refusal_patterns
-        filters.append(RowFilter("refusal", _first_match(_compile(patterns, "filters.refusal_patterns"))))
+        filters.append(RowFilter("refusal", _first_match(_compile(patterns, "curate.filters.refusal_patterns"))))
     if cfg.require_valid_answer and task.type != "free_text":
         filters.append(RowFilter("invalid_answer", _answer_check(task)))
     return filters

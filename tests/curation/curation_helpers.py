@@ -8,6 +8,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from config_helpers import merge_sections
+
 from distill.core.config import RunConfig
 from distill.core.messages import text_id
 from distill.core.rundir import Run
@@ -23,11 +25,9 @@ def make_config(out: Path, **sections: Any) -> RunConfig:
                  "instruction": "Positive or negative?"},
         "teacher": {"model": "packaged:qwen2.5-coder-0.5b-instruct"},
         "student": {"model": "packaged:smollm2-135m-instruct"},
-        "dedup": {"use_ray": False},
+        "curate": {"dedup": {"use_ray": False}},
     }
-    for name, values in sections.items():
-        base[name] = {**base.get(name, {}), **values}
-    return RunConfig.model_validate(base)
+    return RunConfig.model_validate(merge_sections(base, sections))
 
 
 def gen_row(text: str, completion: str, sample: int = 0, *, label: str | None = None,

@@ -43,7 +43,7 @@ def test_misspelled_key_names_line_and_path(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(path)
     line = _line_of(path, "temprature")
-    assert f"line {line}: generation.temprature: unknown key" in exc.value.problems
+    assert f"line {line}: generate.temprature: unknown key" in exc.value.problems
     assert str(path) in str(exc.value)
 
 
@@ -52,7 +52,7 @@ def test_wrong_type_names_expected_and_got(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(path)
     (problem,) = exc.value.problems
-    assert problem.startswith(f"line {_line_of(path, 'n: three')}: generation.n: ")
+    assert problem.startswith(f"line {_line_of(path, 'n: three')}: generate.n: ")
     assert "integer" in problem and "'three'" in problem
 
 
@@ -61,7 +61,7 @@ def test_missing_data_file_is_reported(tmp_path):
                             "  source: jsonl\n  path: /nonexistent/prompts.jsonl")
     with pytest.raises(ConfigError) as exc:
         load_config(path)
-    assert any("data.path: file not found: /nonexistent/prompts.jsonl" in p
+    assert any("prompts.path: file not found: /nonexistent/prompts.jsonl" in p
                for p in exc.value.problems)
 
 
@@ -90,8 +90,8 @@ def test_cross_field_rules(tmp_path):
 
 
 def test_overrides_are_validated_too():
-    cfg = load_config(QUICKSTART, ["sft.max_steps=7", "generation.n=2"])
-    assert (cfg.sft.max_steps, cfg.generation.n) == (7, 2)
+    cfg = load_config(QUICKSTART, ["sft.max_steps=7", "generate.n=2"])
+    assert (cfg.sft.max_steps, cfg.generate.n) == (7, 2)
     with pytest.raises(ConfigError, match="sft.max_stepz: unknown key"):
         load_config(QUICKSTART, ["sft.max_stepz=7"])
 
@@ -111,7 +111,7 @@ def test_cli_validate_prints_places_without_traceback(tmp_path):
     path = _quickstart_with(tmp_path, "  temperature: 0.7", "  temprature: 0.7")
     proc = _cli("config", "validate", str(path))
     assert proc.returncode == 2
-    assert "generation.temprature: unknown key" in proc.stderr
+    assert "generate.temprature: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
@@ -119,8 +119,8 @@ def test_cli_show_resolves_defaults():
     proc = _cli("config", "show", str(QUICKSTART))
     assert proc.returncode == 0, proc.stderr
     shown = yaml.safe_load(proc.stdout)
-    assert shown["dedup"]["num_perm"] == 128  # a default, not in the file
-    assert shown["generation"]["n"] == 3
+    assert shown["curate"]["dedup"]["num_perm"] == 128  # a default, not in the file
+    assert shown["generate"]["n"] == 3
 
 
 def test_readme_config_reference_is_in_sync():
@@ -128,3 +128,17 @@ def test_readme_config_reference_is_in_sync():
     readme = (ROOT / "README.md").read_text()
     block = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     assert block == render().strip(), "run: python -m distill.config_docs --write README.md"
+
+
+def test_renamed_sections_are_named_with_their_new_place(tmp_path):
+    text = (QUICKSTART.read_text().replace("prompts:", "data:", 1)
+            .replace("generate:", "generation:", 1))
+    path = tmp_path / "old.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    problems = err.value.problems
+    assert problems[0] == (f"line {_line_of(path, 'data:')}: data: this section is now "
+                           "`prompts` (each command's section has the command's name)")
+    assert problems[1].startswith(f"line {_line_of(path, 'generation:')}: generation: "
+                                  "this section is now `generate`")

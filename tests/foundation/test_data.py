@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _config(tmp_path: Path, data: dict, **extra) -> Path:
     cfg = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     cfg["output_dir"] = str(tmp_path / "run")
-    cfg["data"] = data
+    cfg["prompts"] = data
     cfg.update(extra)
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -122,7 +122,7 @@ def test_prompts_stage_writes_parquet_and_manifest(tmp_path):
     manifest = json.loads((run.dir / "manifest.json").read_text())
     assert manifest["stages"]["prompts"]["status"] == "done"
     assert manifest["summaries"]["prompts"]["test_examples"] == 6
-    assert manifest["config"]["data"]["test_size"] == 6
+    assert manifest["config"]["prompts"]["test_size"] == 6
     assert "pyarrow" in manifest["packages"]
 
 

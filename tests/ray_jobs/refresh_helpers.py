@@ -17,6 +17,8 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from config_helpers import merge_sections
+
 from distill.core.config import RunConfig
 from distill.pipeline import run_stage
 from distill.core.rundir import Run
@@ -43,14 +45,12 @@ def make_config(tmp: Path, source: Path, **sections: Any) -> RunConfig:
         "output_dir": str(tmp / "run"),
         "task": {"name": "sentiment", "type": "classification", "labels": LABELS,
                  "instruction": "Positive or negative?"},
-        "data": {"source": "jsonl", "path": str(source), "test_size": 6},
+        "prompts": {"source": "jsonl", "path": str(source), "test_size": 6},
         "teacher": {"model": "packaged:qwen2.5-coder-0.5b-instruct"},
         "student": {"model": "packaged:smollm2-135m-instruct"},
-        "dedup": {"use_ray": False},
+        "curate": {"dedup": {"use_ray": False}},
     }
-    for name, values in sections.items():
-        data[name] = {**data.get(name, {}), **values} if isinstance(values, dict) else values
-    return RunConfig.model_validate(data)
+    return RunConfig.model_validate(merge_sections(data, sections))
 
 
 def fake_generate(run: Run) -> dict:

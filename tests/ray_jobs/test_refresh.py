@@ -117,7 +117,7 @@ def test_second_refresh_excludes_everything_seen(grown):
     cfg, _, _ = grown
     R.refresh(cfg, Runner(accuracy=0.71))
     more = sentences(5, seed=3)
-    write_jsonl(cfg.data.path / "c.jsonl", more)
+    write_jsonl(cfg.prompts.path / "c.jsonl", more)
     result = R.refresh(cfg, Runner(accuracy=0.72))
     v2 = cfg.output_dir / "refresh" / "v0002"
     assert result.version == "v0002" and result.new_prompts == 5

@@ -26,10 +26,10 @@ def test_refresh_runs_the_real_teacher_on_new_prompts_only(tmp_path, ray_local):
     write_jsonl(src / "a.jsonl", [{"text": t, "label": ["positive", "negative"][i % 2]}
                                   for i, t in enumerate(REVIEWS)])
     cfg = make_config(
-        tmp_path, src, data={"test_size": 4},
+        tmp_path, src, prompts={"test_size": 4},
         teacher={"model": "packaged:smollm2-135m-instruct", "max_model_len": 256,
                  "batch_size": 4},
-        generation={"n": 1, "max_tokens": 2, "temperature": 0.0, "structured_output": "choice"},
+        generate={"n": 1, "max_tokens": 2, "temperature": 0.0, "structured_output": "choice"},
         ray={"num_cpus": 2})
     first_run(cfg, Runner(accuracy=0.5))
     write_jsonl(src / "b.jsonl", [{"text": t, "label": "positive"} for t in NEW])

@@ -22,7 +22,7 @@ REVIEWS = [
 
 def make_run(tmp: Path, *, model: str = "packaged:smollm2-135m-instruct", n: int = 2,
              texts: list[str] | None = None, teacher: dict | None = None,
-             generation: dict | None = None) -> Run:
+             generate: dict | None = None) -> Run:
     cfg = RunConfig.model_validate({
         "run_name": "t", "output_dir": str(tmp / "run"),
         "task": {"name": "sentiment", "type": "classification",
@@ -30,8 +30,8 @@ def make_run(tmp: Path, *, model: str = "packaged:smollm2-135m-instruct", n: int
                  "instruction": "Is this review positive or negative? Answer in one word.",
                  "template": "{instruction}\n\nReview: {input}"},
         "teacher": {"model": model, "max_model_len": 256, "batch_size": 4, **(teacher or {})},
-        "generation": {"n": n, "temperature": 0.8, "max_tokens": 4, "shard_size": 4,
-                       "seed": 7, **(generation or {})},
+        "generate": {"n": n, "temperature": 0.8, "max_tokens": 4, "shard_size": 4,
+                     "seed": 7, **(generate or {})},
         "student": {"model": "packaged:smollm2-135m-instruct"},
         "cost": {"teacher": {"per_hour_usd": 2.0}},
         "ray": {"num_cpus": 2},

@@ -47,11 +47,11 @@ def test_missing_prompts_is_stage_not_ready(tmp_path):
 
 
 def test_structured_output_settings(tmp_path):
-    run = make_run(tmp_path, generation={"structured_output": "choice", "logprobs": 2})
+    run = make_run(tmp_path, generate={"structured_output": "choice", "logprobs": 2})
     spec = sampling_spec(run)
     assert spec.choices == ("positive", "negative") and spec.logprobs == 2
     assert json.loads(spec.to_json())["choices"] == ["positive", "negative"]
-    run.cfg.generation.structured_output = "json"
+    run.cfg.generate.structured_output = "json"
     with pytest.raises(ConfigError, match="task.json_schema"):
         sampling_spec(run)
 

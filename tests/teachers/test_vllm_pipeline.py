@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def generated(ray_local, tmp_path_factory):
     texts = REVIEWS[:6] + [TOO_LONG] + REVIEWS[6:12]
     run = make_run(tmp_path_factory.mktemp("gen"), n=2, texts=texts,
-                   generation={"logprobs": 2})
+                   generate={"logprobs": 2})
     summary = run_generate(run)
     return run, summary
 
