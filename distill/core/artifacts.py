@@ -47,6 +47,12 @@ class RunPaths:
     def bad_rows(self) -> Path:
         return self.root / "prompts" / "bad_rows.jsonl"
 
+    # --- check (the teacher and the data, before generating at scale) ----------------------------
+    @property
+    def teacher_check(self) -> Path:
+        """The teacher's score on a gold sample of training prompts, against trivial baselines."""
+        return self.root / "check" / "teacher_check.json"
+
     # --- generate --------------------------------------------------------------------------------
     @property
     def generate_shards(self) -> Path:
