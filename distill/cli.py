@@ -126,11 +126,20 @@ def prompts(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideO
     _stage(config, overrides, pipeline.PROMPTS, force)
 
 
+@app.command("check")
+@user_errors
+def check(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+          force: bool = ForceOpt):
+    """Score the teacher on a gold sample of training prompts before generating at scale."""
+    _stage(config, overrides, pipeline.CHECK, force)
+
+
 @app.command("generate")
 @user_errors
 def generate(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
              force: bool = ForceOpt):
-    """Teacher generation (resumable: only missing prompts are generated)."""
+    """Teacher generation (resumable: only missing prompts are generated); the teacher
+    check runs first unless it has passed already."""
     _stage(config, overrides, pipeline.GENERATE, force)
 
 

@@ -20,11 +20,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from distill.core.errors import DataError, StageNotReadyError
+from distill.core.errors import DataError, StageNotReadyError, TeacherCheckError
 from distill.core.io import atomic_outputs
 from distill.core.ray_init import ensure_ray
 from distill.curation.filters import Example, Rejected, apply_row_filters, build_row_filters, vote_all
 from distill.core.rundir import Run
+from distill.curation.collapse import check_labels, label_counts
+from distill.curation.labels import canonical_json
 
 console = Console()
 
@@ -204,10 +206,14 @@ def run_curate(run: Run) -> dict[str, Any]:
     funnel.add("vote: agreement", "examples", n_examples_in, n_examples_in - len(examples),
                note=", ".join(f"{k} rows {v}" for k, v in sorted(vote_counts.items())))
 
-    # 3-4. exact and near dedup, against this run and the persistent index
+    # 3. the teacher's labels against the gold: collapse, and answers the gold contradicts
+    labels_summary = _watch_labels(cfg, examples)
+    examples, gold_summary = _gold_step(cfg, examples, rejects, funnel)
+
+    # 4-5. exact and near dedup, against this run and the persistent index
     dedup_summary, examples, index_update = _dedup(run, examples, rows, rejects, funnel)
 
-    # 5. decontamination against the held-out test set
+    # 6. decontamination against the held-out test set
     decontam_dropped = 0
     if cfg.curate.decontam.enabled:
         fields = [[e.text if f == "prompt" else e.target for e in examples]
@@ -233,6 +239,8 @@ def run_curate(run: Run) -> dict[str, Any]:
         "rows_after_filters": len(kept_rows),
         "vote": {"examples_in": n_examples_in, "examples_kept": n_after_vote,
                  "rows_dropped": dict(vote_counts)},
+        "gold": gold_summary,
+        "labels": labels_summary,
         "dedup": dedup_summary,
         "decontam": {"enabled": cfg.curate.decontam.enabled, "method": cfg.curate.decontam.method,
                      "dropped": decontam_dropped, "test_rows": len(test_texts)},
@@ -242,8 +250,65 @@ def run_curate(run: Run) -> dict[str, Any]:
         "index": str(index_path) if index_path else None,
         "funnel": funnel.steps,
     }
+    if labels_summary:
+        labels_summary["kept"] = label_counts([e.target for e in examples], cfg.task.labels or [])
     console.print(funnel.table(f"curation funnel: {len(rows)} rows -> {len(examples)} examples"))
     return summary
+
+
+def _watch_labels(cfg, examples: list[Example]) -> dict[str, Any] | None:
+    """The voted labels' distribution next to the gold (or the prior); a collapse warns, or
+    stops the stage above `check.collapse_stop` (unless `check.on_fail: warn`)."""
+    if cfg.task.type != "classification" or not examples:
+        return None
+    gold = [e.label for e in examples]
+    found = check_labels([e.target for e in examples], gold if None not in gold else None,
+                         cfg.task.labels or [], cfg.check.collapse_warn, cfg.check.collapse_stop)
+    out = {"check": found.to_dict(), "teacher": found.answers,
+           "gold": label_counts(gold, cfg.task.labels or []) if None not in gold else None}
+    if found.level == "ok":
+        return out
+    message = "label collapse: " + found.describe("after the vote")
+    out["warning"] = message
+    if found.level == "stop" and cfg.check.on_fail == "stop":
+        raise TeacherCheckError(f"{message} (check.collapse_stop {cfg.check.collapse_stop}). "
+                                "Training on these targets would teach one label. Check the "
+                                "teacher (`distill check`), or go on anyway with "
+                                "--set check.on_fail=warn")
+    console.print(f"[yellow]warning: {message}[/yellow]")
+    return out
+
+
+def _agrees(task_type: str, target: str, gold: str) -> bool:
+    if task_type == "json":
+        return canonical_json(target) == (canonical_json(gold) or gold)
+    return target == gold
+
+
+def _gold_step(cfg, examples: list[Example], rejects: list[Rejected],
+               funnel: Funnel) -> tuple[list[Example], dict[str, Any] | None]:
+    """Where prompts carry gold (classification, JSON): answers that disagree with it are
+    rejected (`curate.gold: filter`) or kept and counted (`keep`)."""
+    if cfg.task.type == "free_text":
+        return examples, None  # a reference text is one good answer, not the only one
+    checked = [i for i, e in enumerate(examples) if e.label is not None]
+    if not checked:
+        return examples, None
+    wrong = {i: ("gold", f"teacher answered {examples[i].target!r}, gold is {examples[i].label!r}")
+             for i in checked if not _agrees(cfg.task.type, examples[i].target, examples[i].label)}
+    agree = len(checked) - len(wrong)
+    summary = {"mode": cfg.curate.gold, "checked": len(checked), "agree": agree,
+               "disagree": len(wrong), "agreement": round(agree / len(checked), 4)}
+    note = f"teacher = gold on {agree}/{len(checked)} ({agree / len(checked):.0%})"
+    n_in = len(examples)
+    if cfg.curate.gold == "filter":
+        examples, rej = _drop_examples(examples, wrong)
+        rejects += rej
+        funnel.add("gold: teacher vs gold", "examples", n_in, len(wrong), note=note)
+    else:
+        funnel.add("gold: teacher vs gold", "examples", n_in, 0,
+                   note=f"{note}; {len(wrong)} disagreeing kept (curate.gold=keep)")
+    return examples, summary
 
 
 def _contaminated(fields, test_texts, dcfg):

@@ -8,6 +8,7 @@ soon as they exist, so a crash in the middle resumes without re-running the fini
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,7 @@ from distill.curation.labels import canonical_json, normalize_label
 from distill.core.messages import Message, student_messages, teacher_messages
 from distill.core.io import read_json, write_json_atomic, write_parquet_atomic
 from distill.core.rundir import Run
+from distill.stats import compare
 
 GENERAL_PROMPTS = [
     GeneralPrompt(prompt="What is the capital of France? Answer in one word.", expect=["paris"]),
@@ -135,6 +137,21 @@ def _answer_all(run: Run, group: list[Contender], examples,
     return cached
 
 
+def majority_baseline(run: Run, teacher_parsed: list, gold: list[str]) -> dict:
+    """Always answering the training set's most common gold answer, on the held-out rows, and
+    the teacher against it (paired, same rows): a teacher must clear this to mean anything."""
+    cfg = run.cfg
+    train_gold = [ex.label for ex in read_examples(run.paths.train_prompts) if ex.label is not None]
+    answer = Counter(train_gold).most_common(1)[0][0] if train_gold else gold[0]
+    scores, parsed = score(cfg.task, [answer] * len(gold), gold, cfg.eval.bootstrap, cfg.seed)
+    metric = MAIN_METRIC[cfg.task.type] if cfg.task.type == "classification" else "exact_match"
+    truth = [canonical_json(g) or g for g in gold] if cfg.task.type == "json" else gold
+    teacher_items = [float(a is not None and a == g) for a, g in zip(teacher_parsed, truth)]
+    majority_items = [float(p == g) for p, g in zip(parsed, truth)]
+    return {"answer": answer, "metric": metric, metric: scores[metric],
+            "teacher_vs_majority": compare(teacher_items, majority_items, cfg.seed).to_dict()}
+
+
 def run_eval(run: Run) -> dict:
     cfg: RunConfig = run.cfg
     test_path = run.paths.test_prompts
@@ -163,6 +180,9 @@ def run_eval(run: Run) -> dict:
                       for name, a in answers.items() if "general" in a}
     summary = {"main_metric": MAIN_METRIC[cfg.task.type], "reference": reference,
                "examples": len(examples), "models": results, "general_ability": general_scores}
+    if reference == "gold" and cfg.task.type != "free_text":
+        teacher_parsed = [r["parsed"] for r in rows if r["model"] == "teacher"]
+        summary["majority_baseline"] = majority_baseline(run, teacher_parsed, gold)
     write_json_atomic(run.paths.eval_results, summary)
     return {"examples": len(examples), "main_metric": summary["main_metric"],
             **{name: r[summary["main_metric"]]["value"] for name, r in results.items()},

@@ -13,7 +13,7 @@ from typing import Callable
 
 from rich.console import Console
 
-from distill import bench, curate, pairs, prompts, report
+from distill import bench, check, curate, pairs, prompts, report
 from distill import eval as evaluate
 from distill.core.errors import DistillError
 from distill.core.rundir import Run
@@ -29,6 +29,8 @@ class Stage:
     run: Callable[[Run], dict]
     what: str
     command: tuple[str, ...]  # the CLI words that run it alone
+    first: tuple[str, ...] = ()  # stages that run before this one, whenever it runs
+    then: Callable[[Run, dict], dict] | None = None  # a watch on its summary; may stop the run
 
     @property
     def cli(self) -> str:
@@ -37,8 +39,10 @@ class Stage:
 
 PROMPTS = Stage("prompts", prompts.run_prompts,
                 "load task data, split off the held-out test set", ("prompts",))
+CHECK = Stage("check", check.run_check, "is the teacher worth distilling? (gold sample)",
+              ("check",))
 GENERATE = Stage("generate", generate.run_generate, "teacher completions on vLLM in Ray",
-                 ("generate",))
+                 ("generate",), first=("check",), then=check.watch_generation)
 CURATE = Stage("curate", curate.run_curate, "filters, dedup, decontamination", ("curate",))
 PAIRS = Stage("pairs", pairs.run_pairs, "preference pairs for DPO", ("pairs",))
 SFT = Stage("sft", sft.run_sft, "QLoRA SFT of the student", ("train", "sft"))
@@ -48,7 +52,7 @@ EVAL = Stage("eval", evaluate.run_eval, "held-out quality of teacher and student
 BENCH = Stage("bench", bench.run_bench, "latency, throughput, cost", ("bench",))
 REPORT = Stage("report", report.run_report, "HTML/MD/JSON report", ("report",))
 
-STAGES: tuple[Stage, ...] = (PROMPTS, GENERATE, CURATE, PAIRS, SFT, DPO, EXPORT, EVAL, BENCH,
+STAGES: tuple[Stage, ...] = (PROMPTS, CHECK, GENERATE, CURATE, PAIRS, SFT, DPO, EXPORT, EVAL, BENCH,
                              REPORT)
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -67,9 +71,13 @@ def run_stage(run: Run, stage: Stage | str, force: bool = False) -> dict | None:
     if run.is_done(name) and not force:
         console.print(f"[dim]{name}: already done, skipped (resume)[/dim]")
         return run.manifest["summaries"].get(name)
+    for before in stage.first:  # e.g. the teacher check before generating at scale
+        run_stage(run, before)
     console.rule(f"[bold]{name}[/bold]: {stage.what}")
     with run.stage(name):
         summary = stage.run(run) or {}
+        if stage.then is not None:
+            summary = stage.then(run, summary)
         run.record_summary(name, summary)
     return summary
 

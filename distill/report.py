@@ -47,13 +47,18 @@ def build_report(run_dir: Path, manifest: dict, quality_bar: float) -> dict[str,
             row[key] = speed.get(key)
         models[name] = row
     summaries = manifest.get("summaries", {})
+    check = teacher_check(paths)
+    majority = evals.get("majority_baseline")
     return {
         "run_id": manifest.get("run_id"),
         "task": manifest.get("config", {}).get("task", {}).get("name"),
         "main_metric": main,
         "models": models,
-        "verdict": verdict(models, main, quality_bar),
-        "funnel": _funnel(summaries),
+        "verdict": verdict(models, main, quality_bar, check, majority),
+        "teacher_check": check,
+        "majority_baseline": majority,
+        "labels": (summaries.get("curate") or {}).get("labels"),
+        "funnel": _funnel(summaries, check),
         "general_ability": evals.get("general_ability"),
         "bench_settings": bench.get("settings"),
         "stage_seconds": {k: v.get("seconds") for k, v in manifest.get("stages", {}).items()},
@@ -65,9 +70,45 @@ def _value(row: dict | None, metric: str) -> float | None:
     return est.get("value") if isinstance(est, dict) else est
 
 
-def verdict(models: dict[str, dict], metric: str, bar: float) -> dict[str, Any]:
-    """Does the best distilled student clear `bar` x the teacher's metric?"""
+def teacher_check(paths: RunPaths) -> dict | None:
+    """The teacher check's figures (no answers), or None where no check ran."""
+    found = _read(paths.teacher_check)
+    return {k: v for k, v in found.items() if k != "answers"} or None
+
+
+def _check_sentence(check: dict) -> str:
+    if not check.get("gold"):
+        return "; ".join(check.get("failures") or ["no gold to score against"])
+    t, m = check["teacher"], check["majority"]
+    p = check["teacher_vs_majority"]["p_value"]
+    return (f"{check['metric']} {t['value']:.3f} [{t['ci_low']:.2f}, {t['ci_high']:.2f}] on "
+            f"{check['n']} training prompts vs {m['value']:.3f} for always answering "
+            f"{m['answer']!r} (one-sided p={p:.3g})")
+
+
+def _reference_sentence(teacher: float | None, metric: str, majority: dict | None) -> str:
+    """The teacher's own held-out score against the gold and its gap to the majority label."""
+    if not majority or teacher is None:
+        return ""
+    base = majority[majority["metric"]]["value"]
+    test = majority["teacher_vs_majority"]
+    return (f" The teacher itself scores {teacher:.3f} {metric} on held-out gold; always "
+            f"answering {majority['answer']!r} scores {base:.3f} (gap {teacher - base:+.3f}, "
+            f"{test['method']} one-sided p={test['p_value']:.3g}).")
+
+
+def verdict(models: dict[str, dict], metric: str, bar: float, check: dict | None = None,
+            majority: dict | None = None) -> dict[str, Any]:
+    """Does the best distilled student clear `bar` x the teacher's metric? Never against a
+    teacher that failed its check: the bar would be meaningless."""
     teacher = _value(models.get("teacher"), metric)
+    if check and not check.get("passed", True):
+        return {"passes": False, "ship": None, "teacher_failed_check": True,
+                "text": "No verdict against the teacher: it failed its check ("
+                        + _check_sentence(check) + "), so a student's ratio to it means "
+                        "nothing. Fix the teacher first (`distill check`: prompt placement, "
+                        "few-shot examples, a stronger model)."
+                        + _reference_sentence(teacher, metric, majority)}
     candidates = [(n, _value(models.get(n), metric)) for n in ("student_dpo", "student_sft")]
     candidates = [(n, v) for n, v in candidates if v is not None]
     if teacher is None or not candidates:
@@ -96,10 +137,11 @@ def verdict(models: dict[str, dict], metric: str, bar: float) -> dict[str, Any]:
                        f"{bar:.2f} x teacher {teacher:.3f} = {needed:.3f}. Ship the cheaper "
                        "baseline (the base student, prompted) where its quality is acceptable, "
                        "or keep serving the teacher.")
+    out["text"] += _reference_sentence(teacher, metric, majority)
     return out
 
 
-def _funnel(summaries: dict) -> list[dict]:
+def _funnel(summaries: dict, check: dict | None = None) -> list[dict]:
     """What is left after each step (with its unit and what it dropped), prompts to pairs."""
     def step(name: str, unit: str, rows, dropped=None, note: str = "") -> dict:
         return {"step": name, "unit": unit, "rows": rows, "dropped": dropped, "note": note}
@@ -107,6 +149,11 @@ def _funnel(summaries: dict) -> list[dict]:
     funnel = []
     if prompts := summaries.get("prompts", {}):
         funnel.append(step("train prompts", "prompts", prompts.get("train_prompts")))
+    if check and check.get("n"):
+        state = "passed" if check.get("passed") else "FAILED (accepted)" if check.get(
+            "accepted") else "FAILED"
+        funnel.append({**step("teacher check (sample)", "prompts", check["n"], None,
+                              f"{state}: {_check_sentence(check)}"), "sample": True})
     if gen := summaries.get("generate", {}):
         funnel.append(step("teacher completions", "rows", gen.get("completions"),
                            gen.get("errors")))
@@ -194,7 +241,9 @@ def plots(report: dict, bench: dict) -> dict[str, str]:
             ax.legend(fontsize=8)
             out["quality_vs_cost"] = _png(fig)
             plt.close(fig)
-    funnel = [f for f in report["funnel"] if f.get("rows") is not None]
+    if labels := label_plot(report.get("labels")):
+        out["labels"] = labels
+    funnel = [f for f in report["funnel"] if f.get("rows") is not None and not f.get("sample")]
     if funnel:
         fig, ax = plt.subplots(figsize=(6, 0.45 * len(funnel) + 1))
         ax.barh([f"{f['step']} ({f['unit']})" for f in funnel][::-1],
@@ -204,6 +253,35 @@ def plots(report: dict, bench: dict) -> dict[str, str]:
         out["funnel"] = _png(fig)
         plt.close(fig)
     return out
+
+
+def label_plot(labels: dict | None) -> str | None:
+    """Label shares: the gold (or the prior) next to the teacher's voted answers and the kept
+    training targets: a collapsed teacher shows as one tall bar."""
+    if not labels or not labels.get("teacher"):
+        return None
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [k for k in labels["teacher"]]
+    series = {"gold" if labels.get("gold") else "prior": labels.get("gold")
+              or labels["check"]["expected"]}
+    series["teacher (voted)"] = labels["teacher"]
+    if labels.get("kept"):
+        series["kept for training"] = labels["kept"]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    x, width = np.arange(len(names)), 0.8 / len(series)
+    for i, (name, counts) in enumerate(series.items()):
+        total = sum(counts.values()) or 1
+        ax.bar(x + i * width, [counts.get(k, 0) / total for k in names], width, label=name)
+    ax.set_xticks(x + width * (len(series) - 1) / 2, names, fontsize=8)
+    ax.set_ylabel("share")
+    ax.set_ylim(0, 1)
+    ax.set_title("Labels: gold vs teacher")
+    ax.legend(fontsize=8)
+    png = _png(fig)
+    plt.close(fig)
+    return png
 
 
 # --- rendering -----------------------------------------------------------------------------
@@ -236,11 +314,34 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def teacher_check_lines(report: dict) -> list[str]:
+    """The teacher's own standing: its check on training prompts, its held-out score vs the
+    majority label."""
+    lines = []
+    if check := report.get("teacher_check"):
+        state = "passed" if check.get("passed") else "FAILED"
+        lines.append(f"check {state}: {_check_sentence(check)}")
+        if "student_base" in check:
+            sb = check["student_base"]
+            lines.append(f"prompted base student on the same prompts: {sb['value']:.3f} "
+                         f"[{sb['ci_low']:.2f}, {sb['ci_high']:.2f}]")
+        lines += [f"warning: {w}" for w in check.get("warnings", [])]
+    if majority := report.get("majority_baseline"):
+        teacher = _value(report["models"].get("teacher"), report["main_metric"])
+        if sentence := _reference_sentence(teacher, report["main_metric"], majority).strip():
+            lines.append(sentence)
+    if warning := (report.get("labels") or {}).get("warning"):
+        lines.append(f"warning: {warning}")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     header, rows = table_rows(report)
     lines = [f"# distill report: {report['run_id']}", "", f"**Verdict:** {report['verdict']['text']}",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if check_lines := teacher_check_lines(report):
+        lines += ["", "## Teacher check", "", *[f"- {x}" for x in check_lines]]
     if report["funnel"]:
         lines += ["", "## Data funnel", "", "| " + " | ".join(FUNNEL_HEADER) + " |",
                   "|" + "---|" * len(FUNNEL_HEADER)]
@@ -265,6 +366,8 @@ th:first-child, td:first-child {{ text-align: left; }}
 <div id="verdict" class="verdict {verdict_class}"><b>Verdict:</b> {verdict}</div>
 <h2>Teacher vs student</h2>
 {table}
+<h2>Teacher check</h2>
+<ul>{check}</ul>
 <div class="plots">{images}</div>
 <h2>Data funnel</h2>
 {funnel}
@@ -298,7 +401,9 @@ def render_html(report: dict, images: dict[str, str]) -> str:
                        task=html.escape(str(report["task"])),
                        verdict=html.escape(report["verdict"]["text"]),
                        verdict_class="pass" if passes else "fail",
-                       table=_html_table(header, rows), images=imgs, funnel=funnel)
+                       table=_html_table(header, rows), images=imgs, funnel=funnel,
+                       check="".join(f"<li>{html.escape(x)}</li>"
+                                     for x in teacher_check_lines(report)) or "<li>not run</li>")
 
 
 def run_report(run) -> dict:

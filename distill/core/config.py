@@ -120,6 +120,9 @@ class TeacherConfig(Section):
     max_restarts: int = Field(
         3, ge=0, description="Ray restarts of a crashed engine actor; its batch is retried"
     )
+    min_quality: float | None = Field(
+        None, ge=0, le=1, description="the teacher check stops when the teacher scores below "
+                                      "this on the gold sample (the task's main metric)")
 
     @property
     def is_endpoint(self) -> bool:
@@ -146,6 +149,39 @@ class GenerateConfig(Section):
     )
     logprobs: int | None = Field(None, ge=0, description="top-k logprobs to keep per token")
     shard_size: int = Field(256, gt=0, description="prompts per output Parquet shard")
+
+
+class CheckConfig(Section):
+    """`distill check` (and the first step of `distill generate`): is the teacher worth
+    distilling? Scored on a seeded sample of training prompts, never the held-out set."""
+
+    enabled: bool = Field(True, description="run the check before generating at scale")
+    sample_size: int = Field(
+        60, ge=20, description="training prompts the teacher answers (fewer than 20 available: "
+                               "the check is skipped with a warning, too few to test)")
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="the teacher must beat the majority-label baseline at "
+                                      "this significance (one-sided paired test)")
+    student_baseline: bool = Field(
+        True, description="also score the prompted base student on the sample (one more engine)")
+    on_fail: Literal["stop", "warn"] = Field(
+        "stop", description="stop: a failed check (or a label collapse) ends the run with a "
+                            "named error; warn: go on, and the verdict refuses to rank "
+                            "students against this teacher")
+    collapse_warn: float = Field(
+        0.6, gt=0, le=1, description="warn when one label takes this share of the teacher's "
+                                     "answers while the other labels get at most half their "
+                                     "gold share (or prior)")
+    collapse_stop: float = Field(0.9, gt=0, le=1, description="stop at this share (same rule)")
+    min_distinct: float = Field(
+        0.5, gt=0, le=1, description="no gold, free text/JSON: the least share of distinct "
+                                     "answers in the sample")
+
+    @model_validator(mode="after")
+    def _warn_below_stop(self) -> CheckConfig:
+        if self.collapse_warn > self.collapse_stop:
+            raise ValueError("check.collapse_warn must not exceed check.collapse_stop")
+        return self
 
 
 # --- curation ------------------------------------------------------------------------------
@@ -212,6 +248,10 @@ class CurateConfig(Section):
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    gold: Literal["filter", "keep"] = Field(
+        "filter", description="where prompts carry gold labels (classification, JSON): filter "
+                              "rejects teacher answers that disagree with the gold; keep "
+                              "trains on them and counts them")
 
 
 class PairsConfig(Section):
@@ -391,6 +431,7 @@ class RunConfig(Section):
     task: TaskConfig
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     teacher: TeacherConfig
+    check: CheckConfig = Field(default_factory=CheckConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)

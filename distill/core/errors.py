@@ -27,3 +27,7 @@ class ModelSourceError(DistillError):
 
 class StageNotReadyError(DistillError):
     """A stage needs the output of an earlier stage that has not run yet."""
+
+
+class TeacherCheckError(DistillError):
+    """The teacher (or its data) failed a quality check: distilling it would teach its errors."""

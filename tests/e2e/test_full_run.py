@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -34,7 +35,7 @@ def tiny_run(tmp_path_factory) -> Path:
 def test_full_run_writes_every_stage_and_the_report(tiny_run):
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in manifest["stages"].values())
-    assert len(manifest["stages"]) == 10
+    assert len(manifest["stages"]) == 11
     report = json.loads((tiny_run / "report" / "report.json").read_text())
     for name in MODELS:
         row = report["models"][name]
@@ -47,8 +48,19 @@ def test_full_run_writes_every_stage_and_the_report(tiny_run):
     assert report["models"]["student_dpo"]["served_as"] == "vLLM, merged"
     assert report["models"]["student_sft"]["served_as"] == "vLLM, merged"
     assert (tiny_run / "merged" / "sft" / "config.json").is_file()
-    assert report["verdict"]["passes"] in (True, False)
-    assert report["verdict"]["text"]
+    # The CI teacher (135M) answers one label to every prompt: the check fails (accepted by the
+    # config's check.on_fail=warn), and the report refuses to rank students against it.
+    check = report["teacher_check"]
+    assert check["passed"] is False and check["accepted"] is True
+    assert check["teacher"]["value"] == check["majority"]["value"]
+    assert report["verdict"]["passes"] is False and report["verdict"]["ship"] is None
+    assert report["verdict"]["text"].startswith("No verdict against the teacher")
+    assert "always answering 'positive'" in report["verdict"]["text"]
+    assert manifest["summaries"]["generate"]["labels"]["level"] == "stop"
+    gold = manifest["summaries"]["curate"]["gold"]
+    assert gold["mode"] == "filter" and gold["disagree"] > 0
+    curated = pq.read_table(tiny_run / "curate" / "train.parquet").to_pylist()
+    assert curated and all(r["target"] == r["label"] for r in curated)
     # The distilled student is served with the short prompt: fewer prompt tokens per request.
     assert report["models"]["student_dpo"]["prompt_tokens_per_request"] \
         < report["models"]["teacher"]["prompt_tokens_per_request"]
@@ -60,7 +72,7 @@ def test_rerun_skips_completed_stages(tiny_run):
     proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(cfg)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("already done, skipped") == 10
+    assert proc.stdout.count("already done, skipped") == 11
 
 
 def _chromium() -> str | None:

@@ -73,3 +73,48 @@ def test_report_renders_from_stage_outputs(tmp_path):
     assert "| student SFT+DPO | 0.840 [0.820, 0.860]" in md
     page = render_html(report, {"quality": "AAAA"})
     assert 'id="verdict"' in page and "data:image/png;base64,AAAA" in page
+
+
+def test_no_verdict_against_a_teacher_that_failed_its_check(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "check").mkdir()
+    majority = {"answer": "world", "metric": "accuracy", "accuracy": _est(0.25),
+                "teacher_vs_majority": {"method": "exact McNemar", "p_value": 0.61}}
+    (tmp_path / "eval" / "results.json").write_text(json.dumps({
+        "main_metric": "accuracy", "majority_baseline": majority,
+        "models": {"teacher": {"accuracy": _est(0.23)}, "student_dpo": {"accuracy": _est(0.24)}},
+    }))
+    (tmp_path / "check" / "teacher_check.json").write_text(json.dumps({
+        "passed": False, "accepted": True, "gold": True, "n": 60, "metric": "accuracy",
+        "teacher": _est(0.22), "majority": {"answer": "world", **_est(0.2)},
+        "teacher_vs_majority": {"p_value": 0.4}, "failures": ["..."], "warnings": [],
+        "answers": {"teacher": ["world"] * 60}}))
+    manifest = {"run_id": "r2", "config": {"task": {"name": "t"}},
+                "summaries": {"prompts": {"train_prompts": 100},
+                              "curate": {"labels": {"teacher": {"world": 98, "sports": 2},
+                                                    "gold": {"world": 20, "sports": 80},
+                                                    "kept": {"world": 20, "sports": 2}}}}}
+    report = build_report(tmp_path, manifest, 0.95)
+    v = report["verdict"]
+    # The student is above 0.95 x teacher, but the teacher is at chance: no ship decision.
+    assert v["passes"] is False and v["ship"] is None and v["teacher_failed_check"]
+    assert v["text"].startswith("No verdict against the teacher: it failed its check "
+                                "(accuracy 0.220 [0.20, 0.24] on 60 training prompts vs 0.200 "
+                                "for always answering 'world'")
+    assert "always answering 'world' scores 0.250 (gap -0.020" in v["text"]
+    assert "answers" not in report["teacher_check"]
+    assert report["funnel"][1]["step"] == "teacher check (sample)"
+    assert "check FAILED" in render_markdown(report)
+    from distill.report import plots
+
+    images = plots(report, {})
+    assert "labels" in images and "funnel" in images
+    assert "<li>check FAILED" in render_html(report, images)
+
+
+def test_every_verdict_states_the_teacher_against_the_majority_label():
+    models = {"teacher": {"accuracy": _est(0.80)}, "student_dpo": {"accuracy": _est(0.79)}}
+    majority = {"answer": "positive", "metric": "accuracy", "accuracy": _est(0.5),
+                "teacher_vs_majority": {"method": "exact McNemar", "p_value": 0.0001}}
+    v = verdict(models, "accuracy", 0.95, {"passed": True}, majority)
+    assert v["passes"] and "always answering 'positive' scores 0.500 (gap +0.300" in v["text"]
