@@ -202,28 +202,35 @@ def collect(rows: Iterable[Row], on_bad_row: str) -> tuple[list[Example], list[B
     return list(kept.values()), bad, duplicates
 
 
-def stratified_split(examples: list[Example], test_size: int,
-                     seed: int) -> tuple[list[Example], list[Example]]:
-    """Seeded split; each label keeps its share in the test set (unlabelled rows form a group)."""
+def stratified_split(examples: list[Example], test_size: int, seed: int,
+                     stratify: bool = True) -> tuple[list[Example], list[Example]]:
+    """Seeded split of exactly `test_size` held-out rows. With `stratify` (labels that are
+    classes) each label keeps its share in the test set; otherwise (free-text references, JSON
+    outputs: nearly every "label" is unique) a plain seeded random sample."""
     if test_size >= len(examples):
         raise DataError(f"prompts.test_size={test_size} leaves no training rows "
                         f"({len(examples)} examples in all)")
     rng = random.Random(seed)
+    ordered = sorted(examples, key=lambda e: e.example_id)
+    if not stratify:
+        rng.shuffle(ordered)
+        return ordered[test_size:], ordered[:test_size]
     groups: dict[str | None, list[Example]] = defaultdict(list)
-    for ex in sorted(examples, key=lambda e: e.example_id):
+    for ex in ordered:
         groups[ex.label].append(ex)
     test: list[Example] = []
     train: list[Example] = []
-    remaining = test_size
-    for i, key in enumerate(sorted(groups, key=str)):
+    for key in sorted(groups, key=str):
         group = groups[key]
         rng.shuffle(group)
-        last = i == len(groups) - 1
-        take = remaining if last else round(test_size * len(group) / len(examples))
-        take = min(take, len(group))
+        take = min(round(test_size * len(group) / len(examples)), len(group))
         test.extend(group[:take])
         train.extend(group[take:])
-        remaining -= take
+    # Rounding per label can miss by a few rows (many labels: by many): settle it at random.
+    while len(test) < test_size:
+        test.append(train.pop(rng.randrange(len(train))))
+    while len(test) > test_size:
+        train.append(test.pop(rng.randrange(len(test))))
     rng.shuffle(train)
     rng.shuffle(test)
     return train, test

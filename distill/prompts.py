@@ -21,7 +21,9 @@ def run_prompts(run: Run) -> dict:
     examples, bad, duplicates = collect(load_rows(cfg), cfg.prompts.on_bad_row)
     if not examples:
         raise DataError("no usable examples in the prompt source")
-    train, test = stratified_split(examples, cfg.prompts.test_size, cfg.seed)
+    # Only class labels are strata: free-text references and JSON outputs are nearly all unique.
+    train, test = stratified_split(examples, cfg.prompts.test_size, cfg.seed,
+                                   stratify=cfg.task.type == "classification")
     if cfg.prompts.max_train_prompts is not None:
         train = train[: cfg.prompts.max_train_prompts]
     write_jsonl_atomic(paths.bad_rows, [asdict(row) for row in bad])

@@ -123,3 +123,34 @@ def test_accepting_a_collapsed_teacher_warns_at_every_step_and_gold_filters(tmp_
                     "agreement": 0.25}
     assert manifest["summaries"]["curate"]["examples_out"] == 25
     assert manifest["summaries"]["generate"]["labels"]["level"] == "stop"
+
+
+def _no_gold_run(tmp_path: Path, task: dict):
+    from distill.core.config import RunConfig
+    from distill.core.rundir import Run
+
+    return Run(RunConfig.model_validate({
+        "run_name": "nogold", "output_dir": str(tmp_path / "run"),
+        "task": {"name": "t", "instruction": "Answer.", **task},
+        "teacher": {"model": "fake"}, "student": {"model": "fake"}}))
+
+
+def test_without_gold_the_check_reads_label_shares_and_answer_diversity(tmp_path):
+    from distill.check import Answers, judge
+
+    labels = _no_gold_run(tmp_path / "a", {"type": "classification", "labels": LABELS})
+    one_label = Answers("k", [str(i) for i in range(30)], [None] * 30, ["world"] * 30, None)
+    result = judge(labels, one_label)
+    assert not result["passed"] and result["labels"]["reference"] == "uniform prior"
+    assert "answered 'world' for 30 of 30 (100%); the uniform prior has it for 25%" \
+        in result["failures"][0]
+    varied = Answers("k", one_label.example_ids, [None] * 30,
+                     [LABELS[i % 4] for i in range(30)], None)
+    assert judge(labels, varied)["passed"]
+
+    free = _no_gold_run(tmp_path / "b", {"type": "free_text"})
+    same = Answers("k", one_label.example_ids, [None] * 30, ["I cannot help."] * 27
+                   + ["a", "b", "c"], None)
+    result = judge(free, same)
+    assert not result["passed"] and result["distinct_answers"] == pytest.approx(4 / 30, abs=1e-4)
+    assert "only 13% of the teacher's answers are distinct" in result["failures"][0]

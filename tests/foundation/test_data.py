@@ -144,3 +144,33 @@ def test_rotten_tomatoes_builtin(tmp_path):
     assert {k.label for k in kept} == {"positive", "negative"}
     train, test = stratified_split(kept, 400, seed=0)
     assert len(test) == 400 and abs(sum(e.label == "positive" for e in test) / 400 - 0.58) < 0.02
+
+
+def _unique_references(n: int) -> list:
+    from distill.data import Example
+
+    return [Example(f"id{i:04d}", f"document {i}", f"a reference answer number {i}", "f", i)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("stratify", [False, True])
+def test_unique_references_still_give_exactly_test_size_held_out_rows(stratify):
+    """Free-text references are nearly all unique: stratifying by them used to leave 1 row."""
+    examples = _unique_references(1000)
+    train, test = stratified_split(examples, 100, seed=0, stratify=stratify)
+    assert len(test) == 100 and len(train) == 900
+    assert {e.example_id for e in train} | {e.example_id for e in test} == \
+        {e.example_id for e in examples}
+    assert [e.example_id for e in stratified_split(examples, 100, 0, stratify)[1]] == \
+        [e.example_id for e in test]
+
+
+def test_the_prompts_stage_stratifies_only_class_labels(tmp_path):
+    rows = [json.dumps({"text": f"doc {i} " + "w " * (i % 7), "label": f"summary {i}"})
+            for i in range(200)]
+    src = tmp_path / "free.jsonl"
+    src.write_text("\n".join(rows) + "\n")
+    cfg = load_config(_config(tmp_path, {"source": "jsonl", "path": str(src), "test_size": 50}),
+                      ["task.type=free_text", "task.labels=null"])
+    summary = run_stage(Run(cfg), "prompts")
+    assert summary["test_examples"] == 50 and summary["train_prompts"] == 150
