@@ -170,8 +170,8 @@ class CheckConfig(Section):
                             "students against this teacher")
     collapse_warn: float = Field(
         0.6, gt=0, le=1, description="warn when one label takes this share of the teacher's "
-                                     "answers while the other labels get at most half their "
-                                     "gold share (or prior)")
+                                     "answers, the gold (or prior) gives it less, and the other "
+                                     "labels get at most half their gold share")
     collapse_stop: float = Field(0.9, gt=0, le=1, description="stop at this share (same rule)")
     min_distinct: float = Field(
         0.5, gt=0, le=1, description="no gold, free text/JSON: the least share of distinct "

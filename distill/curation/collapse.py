@@ -2,9 +2,10 @@
 
 A collapsed teacher still looks "consistent" to a vote (agreement near 1.0), so the answers'
 label distribution is compared with the gold's (or, without gold, the uniform prior): one
-label taking a large share of the answers while every other label together gets at most half
-the share the reference gives them is collapse. (So 100% 'positive' against a 62% positive
-gold is collapse, and 70% 'positive' against 50% is not.)
+label taking at least a threshold share of the answers, while the reference gives it less
+than that and every other label together gets at most half the share the reference gives
+them, is collapse. (So 100% 'positive' against a 62% positive gold is collapse at 0.9, 70%
+'positive' against 50% is not, and a gold that is itself one label flags nothing.)
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ def check_labels(answers: Sequence[str | None], gold: Sequence[str | None] | Non
         return LabelCheck("ok", None, 0.0, 0.0, reference, n, counts, expected)
     top = max(valid, key=lambda k: valid[k])
     share, ref = valid[top] / n, expected[top]
-    over = 1 - share <= (1 - ref) / 2  # the other labels squeezed to half their share or less
-    level = "stop" if over and share >= stop else "warn" if over and share >= warn else "ok"
+    squeezed = 1 - share <= (1 - ref) / 2  # the other labels at half their share or less
+
+    def hit(threshold: float) -> bool:
+        return squeezed and share >= threshold > ref
+
+    level = "stop" if hit(stop) else "warn" if hit(warn) else "ok"
     return LabelCheck(level, top, share, ref, reference, n, counts, expected)

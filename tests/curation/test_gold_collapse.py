@@ -46,6 +46,11 @@ def test_collapse_needs_a_big_share_that_squeezes_the_other_labels():
     collapsed = check_labels(["a"] * 95 + ["b"] * 5, gold, ["a", "b", "c"], 0.6, 0.9)
     assert (collapsed.level, collapsed.label, collapsed.reference_share) == ("stop", "a", 0.2)
     assert check_labels(["a"] * 70 + ["b"] * 30, gold, ["a", "b", "c"], 0.6, 0.9).level == "warn"
+    one_label_gold = check_labels(["a"] * 10, ["a"] * 10, ["a", "b"], 0.6, 0.9)
+    assert one_label_gold.level == "ok"  # the gold itself is one label: nothing to flag
+    binary = ["p"] * 20 + ["n"] * 12
+    assert check_labels(["p"] * 32, binary, ["p", "n"], 0.6, 0.9).level == "stop"
+    assert check_labels(["p"] * 28 + ["n"] * 4, binary, ["p", "n"], 0.6, 0.9).level == "ok"
     no_gold = check_labels(["a"] * 100, None, ["a", "b"], 0.6, 0.9)
     assert no_gold.level == "stop" and no_gold.reference == "uniform prior"
 

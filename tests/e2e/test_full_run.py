@@ -56,7 +56,8 @@ def test_full_run_writes_every_stage_and_the_report(tiny_run):
     assert report["verdict"]["passes"] is False and report["verdict"]["ship"] is None
     assert report["verdict"]["text"].startswith("No verdict against the teacher")
     assert "always answering 'positive'" in report["verdict"]["text"]
-    assert manifest["summaries"]["generate"]["labels"]["level"] != "ok"  # 86% positive: warned
+    assert check["labels"]["level"] == "stop"  # 32 of 32 'positive' against a 62% gold
+    assert manifest["summaries"]["generate"]["labels"]["answers"]["positive"] > 0
     gold = manifest["summaries"]["curate"]["gold"]
     assert gold["mode"] == "filter" and gold["disagree"] > 0
     curated = pq.read_table(tiny_run / "curate" / "train.parquet").to_pylist()
