@@ -20,7 +20,7 @@ from distill.core.config import GeneralPrompt, RunConfig, TaskConfig
 from distill.data import read_examples
 from distill.core.errors import StageNotReadyError
 from distill.curation.labels import canonical_json, normalize_label
-from distill.core.messages import Message, student_messages, teacher_messages
+from distill.core.messages import Message, teacher_messages
 from distill.core.io import read_json, write_json_atomic, write_parquet_atomic
 from distill.core.rundir import Run
 from distill.stats import compare
@@ -47,7 +47,8 @@ class Contender:
 
 
 def contenders(run) -> list[Contender]:
-    """Teacher and base student always; SFT / DPO students where their adapters exist."""
+    """Teacher and base student always; SFT / DPO students where their adapters exist, on
+    their short prompt with over-long inputs shortened as in training (students/fit.py)."""
     out = [
         Contender("teacher", "teacher", None, teacher_messages),
         Contender("student_base", "student", None,
@@ -55,8 +56,30 @@ def contenders(run) -> list[Contender]:
     ]
     for stage, name in (("sft", "student_sft"), ("dpo", "student_dpo")):
         if (adapter := run.paths.finished_adapter(stage)) is not None:
-            out.append(Contender(name, "student", adapter, student_messages))
+            out.append(Contender(name, "student", adapter, fitted_prompt(run, stage)))
     return out
+
+
+def trained_budget(run: Run, stage: str) -> int | None:
+    return (read_json(run.paths.train_summary(stage)) or {}).get("prompt_budget")
+
+
+def fitted_prompt(run: Run, stage: str) -> Callable[[TaskConfig, str], list[Message]]:
+    """The student's short prompt, its input cut to the budget the stage trained with."""
+    from students.fit import load_fitter
+
+    fitter = load_fitter(run.cfg, trained_budget(run, stage))
+    return lambda task, text: fitter.messages(text)
+
+
+def shortened_inputs(run: Run, stage: str, texts: list[str]) -> int:
+    """How many of these inputs a tuned student sees shortened (as in training)."""
+    from students.fit import load_fitter
+
+    fitter = load_fitter(run.cfg, trained_budget(run, stage))
+    for text in texts:
+        fitter.messages(text)
+    return fitter.shortened
 
 
 def score(task: TaskConfig, answers: list[str], gold: list[str], resamples: int,
@@ -180,6 +203,10 @@ def run_eval(run: Run) -> dict:
                       for name, a in answers.items() if "general" in a}
     summary = {"main_metric": MAIN_METRIC[cfg.task.type], "reference": reference,
                "examples": len(examples), "models": results, "general_ability": general_scores}
+    tuned = [c.adapter.parent.name for c in everyone if c.adapter is not None]
+    if tuned:
+        summary["inputs_shortened_for_student"] = shortened_inputs(
+            run, tuned[-1], [e.text for e in examples])
     if reference == "gold" and cfg.task.type != "free_text":
         teacher_parsed = [r["parsed"] for r in rows if r["model"] == "teacher"]
         summary["majority_baseline"] = majority_baseline(run, teacher_parsed, gold)

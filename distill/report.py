@@ -153,7 +153,7 @@ def _funnel(summaries: dict, check: dict | None = None) -> list[dict]:
         state = "passed" if check.get("passed") else "FAILED (accepted)" if check.get(
             "accepted") else "FAILED"
         funnel.append({**step("teacher check (sample)", "prompts", check["n"], None,
-                              f"{state}: {_check_sentence(check)}"), "sample": True})
+                              f"{state}: {_check_sentence(check)}"), "in_plot": False})
     if gen := summaries.get("generate", {}):
         funnel.append(step("teacher completions", "rows", gen.get("completions"),
                            gen.get("errors")))
@@ -162,6 +162,11 @@ def _funnel(summaries: dict, check: dict | None = None) -> list[dict]:
                            s.get("note", "")))
     if pairs := summaries.get("pairs", {}):
         funnel.append(step("preference pairs", "pairs", pairs.get("pairs")))
+    if (sft := summaries.get("sft", {})).get("inputs_total"):
+        funnel.append({**step("student inputs shortened", "examples", sft["inputs_total"], None,
+                              f"{sft['inputs_shortened']} cut ({sft['shorten']}) to "
+                              f"{sft['prompt_budget']} prompt tokens, none dropped"),
+                       "in_plot": False})
     return funnel
 
 
@@ -243,7 +248,8 @@ def plots(report: dict, bench: dict) -> dict[str, str]:
             plt.close(fig)
     if labels := label_plot(report.get("labels")):
         out["labels"] = labels
-    funnel = [f for f in report["funnel"] if f.get("rows") is not None and not f.get("sample")]
+    funnel = [f for f in report["funnel"]
+              if f.get("rows") is not None and f.get("in_plot", True)]
     if funnel:
         fig, ax = plt.subplots(figsize=(6, 0.45 * len(funnel) + 1))
         ax.barh([f"{f['step']} ({f['unit']})" for f in funnel][::-1],

@@ -13,6 +13,7 @@ from pathlib import Path
 from distill.core.config import TaskConfig
 from distill.core.errors import DataError, StageNotReadyError
 from distill.core.messages import student_messages
+from students.fit import InputFitter
 
 SFT_COLUMNS = ("example_id", "text", "target")
 DPO_COLUMNS = ("example_id", "text", "chosen", "rejected")
@@ -32,6 +33,12 @@ def read_table(path: Path, columns: tuple[str, ...], made_by: str):
     return table
 
 
+def answers(path: Path, *columns: str) -> list[str]:
+    """Every answer string in these columns (for the prompt budget)."""
+    table = read_table(path, columns, "curate or pairs")
+    return [a for c in columns for a in table.column(c).to_pylist() if isinstance(a, str)]
+
+
 def _check_strings(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
     for i, row in enumerate(rows):
         for field in fields:
@@ -39,31 +46,40 @@ def _check_strings(path: Path, rows: list[dict], fields: tuple[str, ...]) -> Non
                 raise DataError(f"{path}: row {i} (example_id={row['example_id']}): empty {field}")
 
 
-def sft_records(path: Path, task: TaskConfig) -> list[dict]:
+def sft_records(path: Path, task: TaskConfig, fitter: InputFitter | None = None) -> list[dict]:
+    """Prompt-completion chats; with a `fitter`, over-long inputs are shortened so that every
+    example keeps its whole answer within max_seq_len (students/fit.py)."""
     rows = read_table(path, SFT_COLUMNS, "curate").select(list(SFT_COLUMNS)).to_pylist()
     _check_strings(path, rows, ("text", "target"))
     return [
         {
             "example_id": row["example_id"],
-            "prompt": student_messages(task, row["text"]),
+            "prompt": _prompt(task, fitter, row, [row["target"]]),
             "completion": [{"role": "assistant", "content": row["target"]}],
         }
         for row in rows
     ]
 
 
-def dpo_records(path: Path, task: TaskConfig) -> list[dict]:
+def dpo_records(path: Path, task: TaskConfig, fitter: InputFitter | None = None) -> list[dict]:
     rows = read_table(path, DPO_COLUMNS, "pairs").select(list(DPO_COLUMNS)).to_pylist()
     _check_strings(path, rows, ("text", "chosen", "rejected"))
     return [
         {
             "example_id": row["example_id"],
-            "prompt": student_messages(task, row["text"]),
+            "prompt": _prompt(task, fitter, row, [row["chosen"], row["rejected"]]),
             "chosen": [{"role": "assistant", "content": row["chosen"]}],
             "rejected": [{"role": "assistant", "content": row["rejected"]}],
         }
         for row in rows
     ]
+
+
+def _prompt(task: TaskConfig, fitter: InputFitter | None, row: dict, answers: list[str]):
+    if fitter is None:
+        return student_messages(task, row["text"])
+    longest = max(fitter.answer_tokens(a) for a in answers)
+    return fitter.messages(row["text"], answer_tokens=longest, example_id=row["example_id"])
 
 
 def split(records: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

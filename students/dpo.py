@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 from distill.core.errors import StageNotReadyError
-from distill.core.io import file_sha256
+from distill.core.io import file_sha256, read_json
 from distill.core.models import resolve
 from distill.core.rundir import Run
 from students import card, data, modeling
+from students.fit import training_fitter
 from students.recipe import (
     TrainJob,
     checkpoint_step,
@@ -74,8 +75,12 @@ def train_worker(job: TrainJob) -> dict:
     cfg = job.cfg
     where = modeling.placement(cfg.student)
     rank, world_size = world()
-    pairs = data.dpo_records(Path(job.data_path), cfg.task)
     tokenizer = modeling.load_tokenizer(job.base_path)
+    # SFT's prompt budget: the DPO student is served with the same cut as the SFT student.
+    sft_budget = (read_json(job.paths.train_summary("sft")) or {}).get("prompt_budget")
+    fitter = training_fitter(cfg, tokenizer, data.answers(Path(job.data_path), "chosen",
+                                                          "rejected"), sft_budget)
+    pairs = data.dpo_records(Path(job.data_path), cfg.task, fitter)
     base = modeling.load_base(job.base_path, cfg.student, where)
     policy = PeftModel.from_pretrained(base, job.init_adapter, is_trainable=True)
     trainer = DPOTrainer(
@@ -98,6 +103,7 @@ def train_worker(job: TrainJob) -> dict:
 
     tokens = getattr(trainer, "_total_train_tokens", None) or logger.last_tokens or 0
     summary = {
+        **fitter.summary(len(pairs)),
         "train_loss": round(result.training_loss, 4),
         **_reward_trend(trainer.state.log_history),
         "steps": trainer.state.global_step,

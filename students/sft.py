@@ -14,6 +14,7 @@ from distill.core.io import file_sha256
 from distill.core.models import resolve
 from distill.core.rundir import Run
 from students import card, data, modeling
+from students.fit import training_fitter
 from students.recipe import (
     TrainJob,
     checkpoint_step,
@@ -83,9 +84,10 @@ def train_worker(job: TrainJob) -> dict:
     cfg = job.cfg
     where = modeling.placement(cfg.student)
     rank, world_size = world()
-    records = data.sft_records(Path(job.data_path), cfg.task)
-    train_rows, val_rows = data.split(records, cfg.sft.val_fraction, cfg.seed)
     tokenizer = modeling.load_tokenizer(job.base_path)
+    fitter = training_fitter(cfg, tokenizer, data.answers(Path(job.data_path), "target"))
+    records = data.sft_records(Path(job.data_path), cfg.task, fitter)
+    train_rows, val_rows = data.split(records, cfg.sft.val_fraction, cfg.seed)
     model = modeling.load_base(job.base_path, cfg.student, where)
     trainer = SFTTrainer(
         model=model,
@@ -117,6 +119,7 @@ def train_worker(job: TrainJob) -> dict:
         "resumed_from_step": resumed_from,
         "train_examples": len(train_rows),
         "val_examples": len(val_rows),
+        **fitter.summary(len(records)),
         "train_tokens": int(tokens),
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
         "seconds": round(seconds, 2),

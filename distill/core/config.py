@@ -285,7 +285,11 @@ class StudentConfig(Section):
         "nf4", description="base weights: nf4 = QLoRA (4-bit), int8, none = plain LoRA"
     )
     double_quant: bool = Field(True, description="nf4 only: quantize the quantization constants")
-    max_seq_len: int = Field(512, gt=0)
+    max_seq_len: int = Field(512, gt=0, description="prompt + answer tokens in training; the "
+                                                   "input is shortened to fit (student.shorten)")
+    shorten: Literal["middle", "end"] = Field(
+        "middle", description="an input too long for max_seq_len: cut its middle (keep head and "
+                              "tail) or its end; the same cut in training, eval, bench, serving")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="compute/weights dtype; auto: bfloat16 on a GPU, float32 on a CPU"
     )
