@@ -15,10 +15,12 @@ from rich.console import Console
 
 from distill import bench, curate, pairs, prompts, report
 from distill import eval as evaluate
-from distill.core.errors import DistillError
+from distill.core.config import RunConfig
+from distill.core.errors import ConfigError, DistillError
 from distill.core.rundir import Run
 from students import dpo, export, sft
 from teachers import generate
+from teachers.http_engine import missing_api_keys
 
 console = Console()
 
@@ -29,6 +31,7 @@ class Stage:
     run: Callable[[Run], dict]
     what: str
     command: tuple[str, ...]  # the CLI words that run it alone
+    uses_teacher: Callable[[RunConfig], bool] = lambda cfg: False  # needs the API key, if any
 
     @property
     def cli(self) -> str:
@@ -38,14 +41,17 @@ class Stage:
 PROMPTS = Stage("prompts", prompts.run_prompts,
                 "load task data, split off the held-out test set", ("prompts",))
 GENERATE = Stage("generate", generate.run_generate, "teacher completions on vLLM in Ray",
-                 ("generate",))
+                 ("generate",), lambda cfg: True)
 CURATE = Stage("curate", curate.run_curate, "filters, dedup, decontamination", ("curate",))
-PAIRS = Stage("pairs", pairs.run_pairs, "preference pairs for DPO", ("pairs",))
+PAIRS = Stage("pairs", pairs.run_pairs, "preference pairs for DPO", ("pairs",),
+              lambda cfg: cfg.pairs.enabled and cfg.pairs.scorer == "judge")
 SFT = Stage("sft", sft.run_sft, "QLoRA SFT of the student", ("train", "sft"))
 DPO = Stage("dpo", dpo.run_dpo, "DPO on top of the SFT adapter", ("train", "dpo"))
 EXPORT = Stage("export", export.run_export, "adapter card, optional merged model", ("export",))
-EVAL = Stage("eval", evaluate.run_eval, "held-out quality of teacher and students", ("eval",))
-BENCH = Stage("bench", bench.run_bench, "latency, throughput, cost", ("bench",))
+EVAL = Stage("eval", evaluate.run_eval, "held-out quality of teacher and students", ("eval",),
+             lambda cfg: True)
+BENCH = Stage("bench", bench.run_bench, "latency, throughput, cost", ("bench",),
+              lambda cfg: cfg.bench.enabled)
 REPORT = Stage("report", report.run_report, "HTML/MD/JSON report", ("report",))
 
 STAGES: tuple[Stage, ...] = (PROMPTS, GENERATE, CURATE, PAIRS, SFT, DPO, EXPORT, EVAL, BENCH,
@@ -67,6 +73,7 @@ def run_stage(run: Run, stage: Stage | str, force: bool = False) -> dict | None:
     if run.is_done(name) and not force:
         console.print(f"[dim]{name}: already done, skipped (resume)[/dim]")
         return run.manifest["summaries"].get(name)
+    check_api_keys(run.cfg, [stage])
     console.rule(f"[bold]{name}[/bold]: {stage.what}")
     with run.stage(name):
         summary = stage.run(run) or {}
@@ -79,6 +86,16 @@ def run_all(run: Run, force: bool = False, only: tuple[str, ...] = ()) -> None:
     those complete in the run dir (resume)."""
     for name in only:
         stage_by_name(name)  # an unknown name fails before anything runs
+    todo = [s for s in STAGES
+            if (not only or s.name in only) and (force or not run.is_done(s.name))]
+    check_api_keys(run.cfg, todo)  # now, not after an hour of earlier stages
     for stage in STAGES:
         if not only or stage.name in only:
             run_stage(run, stage, force=force)
+
+
+def check_api_keys(cfg: RunConfig, stages: list[Stage]) -> None:
+    """Every key variable the config names is set, before Ray or any engine starts. (The
+    workers check again where they read it: a cluster's nodes have their own environment.)"""
+    if any(s.uses_teacher(cfg) for s in stages) and (missing := missing_api_keys(cfg.teacher)):
+        raise ConfigError("teacher.endpoint.api_key_env", missing)
