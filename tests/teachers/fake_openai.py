@@ -1,7 +1,8 @@
 """A FAKE OpenAI-compatible chat server on 127.0.0.1, for the faults and secrets tests only.
 
 It stands in for a hosted API where a real one can't be used: a test can't hold a real
-provider's key, and must see exactly which key arrived. It answers POST /v1/chat/completions
+provider's key, must see exactly which key arrived, and must make a rate limit, a 500 and a
+dropped connection happen on cue. It answers POST /v1/chat/completions
 with a fixed one-word answer when the request carries `Authorization: Bearer <key>`, and 401
 otherwise, so a run that ends with rows proves the key reached the Ray workers. Everything
 else the backend does (retries, the Ray pool, shards) is the real code.
@@ -17,11 +18,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 
-def _handler(key: str | None, seen: list[str]):
+def _handler(key: str | None, seen: list[str], faults: list[str]):
+    lock = threading.Lock()
+
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 (http.server's name)
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            seen.append(self.headers.get("Authorization", ""))
+            with lock:
+                seen.append(self.headers.get("Authorization", ""))
+                fault = faults.pop(0) if faults else None
+            if fault == "429":
+                return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
+            if fault == "500":
+                return self._send(500, {"error": {"message": "internal error"}})
+            if fault == "drop":  # the connection closes with no answer at all
+                self.close_connection = True
+                return
             if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
                 return self._send(401, {"error": {"message": "bad key", "type": "auth"}})
             self._send(200, {
@@ -32,9 +44,11 @@ def _handler(key: str | None, seen: list[str]):
                 "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8},
             })
 
-        def _send(self, status: int, payload: dict) -> None:
+        def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -47,11 +61,15 @@ def _handler(key: str | None, seen: list[str]):
 
 
 @contextmanager
-def fake_openai(key: str | None = None, port: int = 0) -> Iterator[tuple[str, list[str]]]:
-    """Serve on `port` (0: a free one); yields (base_url, the Authorization headers received)."""
+def fake_openai(key: str | None = None, port: int = 0,
+                faults: list[str] | None = None) -> Iterator[tuple[str, list[str]]]:
+    """Serve on `port` (0: a free one); yields (base_url, the Authorization headers received).
+
+    `faults`: how the first requests are answered, one each, in arrival order: "429" (with
+    Retry-After), "500", "drop" (the connection closes without an answer); then normally."""
     seen: list[str] = []
     ThreadingHTTPServer.allow_reuse_address = True
-    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(key, seen))
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(key, seen, list(faults or [])))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -7,6 +7,7 @@ are real.
   runtime_env's env_vars to runtime_env_agent.log), and yet reaches every request;
 - an unset key variable stops the driver before Ray starts, with a named error (exit 2); one
   set for the driver but missing on the Ray workers is the same named error, from the actor;
+- 429s (with Retry-After), 500s and dropped connections are retried: every row once;
 - an endpoint that is down for good ends, after the retries, in a named error (exit 2) that
   says what is saved and that a rerun resumes; the rerun, once it is up, completes exactly once.
 """
@@ -44,10 +45,11 @@ def ray_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _config(tmp_path: Path, base_url: str, key_env: str | None = KEY_ENV) -> Path:
+def _config(tmp_path: Path, base_url: str, key_env: str | None = KEY_ENV,
+            max_retries: int = 1) -> Path:
     teacher = {"backend": "openai", "replicas": 1, "batch_size": 4, "endpoint": {
         "base_url": base_url, "model": "fake", "api_key_env": key_env, "max_concurrency": 4,
-        "timeout_s": 5, "max_retries": 1}}
+        "timeout_s": 5, "max_retries": max_retries}}
     run = make_run(tmp_path, model="fake-teacher", n=2, texts=REVIEWS[:8], teacher=teacher)
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(run.cfg.resolved(), sort_keys=False))
@@ -138,3 +140,17 @@ def test_a_full_run_checks_the_key_before_its_first_stage(tmp_path):
     with pytest.raises(ConfigError, match=f"environment variable {KEY_ENV} is not set"):
         run_all(run, only=("curate", "pairs", "sft", "generate"))
     assert run.manifest["stages"] == {}  # not even curate started
+
+
+def test_rate_limits_errors_and_dropped_connections_end_with_every_row_once(tmp_path,
+                                                                            ray_local):
+    # Each fault costs one retry of one request (max_retries 5 covers a request that draws
+    # several); none may lose a row or write one twice.
+    faults = ["429", "500", "drop", "429", "drop", "500"]
+    with fake_openai(faults=faults) as (url, requests):
+        run = _run(_config(tmp_path, url, key_env=None, max_retries=5))
+        summary = run_generate(run)
+    rows = read_rows(run)
+    assert len(requests) == 16 + len(faults)
+    assert len(rows) == 16 and len({r["row_id"] for r in rows}) == 16
+    assert (summary["prompts"], summary["completions"], summary["errors"]) == (8, 16, 0)
