@@ -19,6 +19,7 @@ from rich.table import Table
 from distill import pipeline, promote as promotion, refresh as refreshing
 from distill.core.config import load_config
 from distill.core.errors import DistillError
+from distill.core.logs import route_library_logs
 from distill.core.models import PACKAGED, list_models, prepare_packaged
 from distill.core.rundir import Run
 from ray_jobs import logs as job_logs_api
@@ -55,15 +56,39 @@ def user_errors(func: Callable) -> Callable:
     return wrapper
 
 
+@app.callback()
+def options(verbose: bool = typer.Option(
+        False, "--verbose", "-v", envvar="DISTILL_VERBOSE",
+        help="Ray, vLLM and training library logs on the console (by default they go to "
+             "<run>/logs/libraries.log)")):
+    """Teacher-student distillation: generate, curate, train, evaluate, report."""
+    global VERBOSE
+    VERBOSE = verbose
+
+
+VERBOSE = False
+
+
 def _run(config: Path, overrides: Optional[list[str]]):
-    return Run(load_config(config, overrides))
+    run = Run(load_config(config, overrides))
+    if not VERBOSE:
+        route_library_logs(run.paths.library_log)
+    return run
+
+
+def _logs_note(run: Run) -> None:
+    if run.paths.library_log.exists():
+        # soft_wrap: a path cut across lines can't be copied
+        console.print(f"[dim]library logs: {run.paths.library_log}[/dim]", soft_wrap=True)
 
 
 def _stage(config: Path, overrides: Optional[list[str]], stage: pipeline.Stage,
            force: bool) -> None:
-    summary = pipeline.run_stage(_run(config, overrides), stage, force=force)
+    run = _run(config, overrides)
+    summary = pipeline.run_stage(run, stage, force=force)
     if summary:
         console.print_json(json.dumps(summary, default=str))
+    _logs_note(run)
 
 
 # --- config --------------------------------------------------------------------------------
@@ -215,6 +240,7 @@ def run(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
         verdict = json.loads(r.paths.report_json.read_text())["verdict"]
         console.print(f"[bold]verdict:[/bold] {verdict['text']}")
         console.print(f"report: {r.paths.report_html} (also report.md, report.json)")
+    _logs_note(r)
 
 
 # --- cluster jobs and scheduled refreshes (ray_jobs/) ------------------------------------------

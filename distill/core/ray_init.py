@@ -18,7 +18,11 @@ def ensure_ray(cfg: RunConfig):
     Workers' output stays in Ray's session logs instead of the console (log_to_driver=False):
     engines inside actors are chatty, and their failures reach the driver as exceptions."""
     import ray
+    import ray.data  # noqa: F401 (its logger gets its console handler at import)
 
+    from distill.core.logs import reroute
+
+    reroute()  # Ray's console handlers, added at import, off again unless --verbose
     if not ray.is_initialized():
         if cfg.ray.address:  # a cluster has its own resources; num_cpus is for a local Ray
             ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=False)
