@@ -13,17 +13,19 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 
-def _handler(key: str | None, seen: list[str], faults: list[str]):
+def _handler(key: str | None, seen: list[str], faults: list[str], delay_s: float):
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 (http.server's name)
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            time.sleep(delay_s)  # a slow teacher: time to kill something mid-run
             with lock:
                 seen.append(self.headers.get("Authorization", ""))
                 fault = faults.pop(0) if faults else None
@@ -61,15 +63,17 @@ def _handler(key: str | None, seen: list[str], faults: list[str]):
 
 
 @contextmanager
-def fake_openai(key: str | None = None, port: int = 0,
-                faults: list[str] | None = None) -> Iterator[tuple[str, list[str]]]:
+def fake_openai(key: str | None = None, port: int = 0, faults: list[str] | None = None,
+                delay_s: float = 0.0) -> Iterator[tuple[str, list[str]]]:
     """Serve on `port` (0: a free one); yields (base_url, the Authorization headers received).
 
     `faults`: how the first requests are answered, one each, in arrival order: "429" (with
-    Retry-After), "500", "drop" (the connection closes without an answer); then normally."""
+    Retry-After), "500", "drop" (the connection closes without an answer); then normally.
+    `delay_s`: each answer waits this long."""
     seen: list[str] = []
     ThreadingHTTPServer.allow_reuse_address = True
-    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(key, seen, list(faults or [])))
+    handler = _handler(key, seen, list(faults or []), delay_s)
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
