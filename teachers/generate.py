@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from distill.core.artifacts import RunPaths
-from distill.core.errors import ConfigError, EndpointError, StageNotReadyError
+from distill.core.errors import ConfigError, EndpointError, EngineError, StageNotReadyError
 from distill.core.io import write_jsonl_atomic, write_parquet_atomic, write_text_atomic
 from distill.core.messages import teacher_messages, template_version
 from distill.core.rundir import Run
@@ -287,25 +287,33 @@ def _generate(run: Run, pending: dict[str, list[dict]], sampling: SamplingSpec, 
     except FaultInjected:
         raise
     except Exception as exc:
-        raise _named(exc, todo, writer) from None
+        raise _named(exc, cfg, todo, writer) from None
 
 
-def _named(exc: Exception, todo: int, writer: ShardWriter) -> Exception:
-    """A failure inside the Ray pool as one named error, with what is saved; else as it came.
+def _named(exc: Exception, cfg, todo: int, writer: ShardWriter) -> Exception:
+    """A failure inside the Ray pool as one named error that says what is saved; a failure of
+    the driver's own code as it came (its traceback is what helps there).
 
-    An endpoint that stays down is the common case: say how far the run got and that a
-    rerun picks up there (finished shards are on disk and skipped)."""
-    from distill.core.ray_init import named_error
+    Finished shards are on disk and a rerun skips them, so every message ends with how far the
+    run got and that a rerun picks up there."""
+    from distill.core.ray_init import named_error, ray_failure, ray_logs_dir
 
+    saved = (f"{writer.saved_prompts} of the {todo} prompts of this run are done and saved "
+             f"({writer.written} shard(s) under {writer.shard_dir})")
     err = named_error(exc)
-    if err is None:
-        return exc
     if isinstance(err, EndpointError):
-        return EndpointError(
-            f"{err}\n{writer.saved_prompts} of the {todo} prompts of this run are done and saved "
-            f"({writer.written} shard(s) under {writer.shard_dir}); once the endpoint is up, "
-            "rerun `distill generate` (or `distill run`): it resumes from there")
-    return err
+        return EndpointError(f"{err}\n{saved}; once the endpoint is up, rerun `distill "
+                             "generate` (or `distill run`): it resumes from there")
+    if err is not None:
+        return err
+    failure = ray_failure(exc)
+    if failure is None:
+        return exc
+    return EngineError(
+        f"the teacher engine failed in Ray, after up to {cfg.teacher.max_restarts} restart(s) "
+        f"(teacher.max_restarts): {failure}\n{saved}; Ray's logs: {ray_logs_dir()}. A rerun "
+        "resumes from there; if the same batch fails every time (out of memory?), lower "
+        "teacher.batch_size or teacher.max_model_len")
 
 
 def _consume(ds, writer: ShardWriter, stats: dict, todo: int, fault: dict) -> None:

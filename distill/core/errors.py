@@ -49,3 +49,8 @@ class EndpointError(DistillError):
     """An OpenAI-compatible endpoint failed for good: unreachable after the retries, or it
     refused the key. Not a bad prompt: the job stops (so a rerun resumes) instead of
     quarantining every prompt."""
+
+
+class EngineError(DistillError):
+    """An engine failed in a way no retry fixed: its Ray actor died more often than
+    `teacher.max_restarts`, or it raised the same error again."""

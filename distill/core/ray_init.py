@@ -4,7 +4,9 @@ named error inside an exception that comes back through Ray, and Ray Data's cons
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from distill.core.config import RunConfig
@@ -31,15 +33,8 @@ def ensure_ray(cfg: RunConfig):
     return ray
 
 
-def named_error(exc: BaseException) -> DistillError | None:
-    """The `distill` error inside an exception that came back through Ray, if there is one.
-
-    An error raised in an actor or task reaches the driver wrapped (RayTaskError, Ray Data's
-    UserCodeException, ...), printed as a wall of tracebacks. The named error inside is what
-    the user needs; it is found through `cause` (Ray's link) and `__cause__`/`__context__`.
-    """
-    from ray.exceptions import RayError
-
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and everything it wraps: Ray's `cause`, then `__cause__`/`__context__`."""
     seen: set[int] = set()
     todo: list[BaseException] = [exc]
     while todo:
@@ -47,13 +42,53 @@ def named_error(exc: BaseException) -> DistillError | None:
         if id(cur) in seen:
             continue
         seen.add(id(cur))
+        yield cur
+        todo += [e for e in (getattr(cur, "cause", None), cur.__cause__, cur.__context__)
+                 if isinstance(e, BaseException)]
+
+
+def named_error(exc: BaseException) -> DistillError | None:
+    """The `distill` error inside an exception that came back through Ray, if there is one.
+
+    An error raised in an actor or task reaches the driver wrapped (RayTaskError, Ray Data's
+    UserCodeException, ...), printed as a wall of tracebacks. The named error inside is what
+    the user needs.
+    """
+    from ray.exceptions import RayError
+
+    for cur in _chain(exc):
         # Ray's wrapper, RayTaskError(EndpointError), subclasses the cause's class but prints
         # the whole traceback: the cause itself is the one to return.
         if isinstance(cur, DistillError) and not isinstance(cur, RayError):
             return cur
-        todo += [e for e in (getattr(cur, "cause", None), cur.__cause__, cur.__context__)
-                 if isinstance(e, BaseException)]
     return None
+
+
+def ray_failure(exc: BaseException) -> str | None:
+    """One line on a failure inside Ray: an actor that died (killed, out of memory, crashed)
+    or an exception raised in an actor or task. None: the exception is not from Ray."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    for cur in _chain(exc):
+        if isinstance(cur, RayActorError):
+            text = str(cur)
+            detail = re.search(r"Worker exit detail: (.*?)(?: Some common causes|$)", text, re.S)
+            return "its actor died: " + (detail.group(1).strip() if detail
+                                         else text.strip().splitlines()[0])
+        if isinstance(cur, RayTaskError) and not isinstance(cur.cause, RayTaskError):
+            lines = str(cur.cause).strip().splitlines()
+            return f"{type(cur.cause).__name__}: {lines[0] if lines else ''}"
+    return None
+
+
+def ray_logs_dir() -> str:
+    """Where this process's Ray writes its logs (workers' stderr included)."""
+    try:
+        from ray._private.worker import _global_node  # no public API names the session dir
+
+        return str(Path(_global_node.get_session_dir_path()) / "logs")
+    except Exception:  # not started, or the private name moved: say where it usually is
+        return "Ray's session logs (<RAY_TMPDIR or /tmp>/ray/session_latest/logs)"
 
 
 @contextmanager

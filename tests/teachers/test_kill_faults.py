@@ -1,6 +1,7 @@
 """Real kills during generation, through the CLI with its own local Ray: SIGKILL of the driver's
 process group mid-run, and SIGKILL of the Ray worker process that holds a teacher engine.
-After each, every prompt appears exactly once (after a rerun, for the driver).
+After each, every prompt appears exactly once (after a rerun, for the driver). And an engine
+actor that dies more often than teacher.max_restarts allows: one named error, then a rerun.
 
 The teacher is the FAKE OpenAI-compatible server of fake_openai.py, answering slowly, so that
 there is a run in progress to kill; what is tested is the kill and the recovery (Ray's actor
@@ -9,6 +10,7 @@ restart, the shard files, resume), all real.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,9 +24,11 @@ import pytest
 import yaml
 
 from distill.core.config import load_config
+from distill.core.errors import EngineError
 from distill.core.rundir import Run
 from fake_openai import fake_openai
 from teacher_helpers import REVIEWS, make_run, read_rows
+from teachers.generate import FAULT_ENV, run_generate
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,3 +141,26 @@ def test_sigkill_of_a_teacher_worker_is_restarted_and_every_row_lands_once(tmp_p
     assert proc.returncode == 0, err[-3000:]
     _rows_once(config)
     assert len(requests) > PROMPTS  # the killed actor's batch was sent again
+
+
+def test_an_actor_dying_past_max_restarts_is_a_named_error_and_a_rerun_completes(
+        tmp_path, ray_local, monkeypatch):
+    # teacher.max_restarts 0: the first death of the engine actor (a real process exit, from
+    # the test-only fault hook) ends the job; the driver says so in one message.
+    marker = tmp_path / "actor_died"
+    with fake_openai() as (url, _):
+        run = Run(load_config(_config(tmp_path, url)))
+        run.cfg.teacher.max_restarts = 0
+        monkeypatch.setenv(FAULT_ENV, json.dumps({"actor_crash_once": str(marker)}))
+        with pytest.raises(EngineError) as exc:
+            run_generate(run)
+        assert marker.exists()
+        message = str(exc.value)
+        assert "its actor died" in message and "(teacher.max_restarts)" in message
+        assert f"0 of the {PROMPTS} prompts of this run are done and saved" in message
+        assert "A rerun resumes" in message and "Traceback" not in message
+
+        monkeypatch.delenv(FAULT_ENV)
+        run_generate(run)
+    rows = read_rows(run)
+    assert len(rows) == PROMPTS and len({r["row_id"] for r in rows}) == PROMPTS
