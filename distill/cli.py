@@ -53,6 +53,11 @@ def user_errors(func: Callable) -> Callable:
         except DistillError as exc:
             err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
             raise typer.Exit(2)
+        except KeyboardInterrupt:
+            # Ctrl-C is a choice, not a crash: no traceback. Finished work is on disk.
+            err_console.print("interrupted: what was finished is saved; rerun the same "
+                              "command to continue", highlight=False)
+            raise typer.Exit(130)
     return wrapper
 
 

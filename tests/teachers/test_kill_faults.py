@@ -164,3 +164,20 @@ def test_an_actor_dying_past_max_restarts_is_a_named_error_and_a_rerun_completes
         run_generate(run)
     rows = read_rows(run)
     assert len(rows) == PROMPTS and len({r["row_id"] for r in rows}) == PROMPTS
+
+
+def test_ctrl_c_mid_run_is_one_line_then_a_rerun_completes_once(tmp_path, ray_tmp):
+    with fake_openai(delay_s=0.3) as (url, _):
+        config = _config(tmp_path, url)
+        proc = _start(config, ray_tmp)
+        _wait_for(lambda: _shards(config) or proc.poll() is not None, what="a first shard")
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the CLI
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err[-3000:]
+        assert "interrupted: what was finished is saved" in err
+        assert "Traceback" not in out + err
+        _kill(_our_processes(ray_tmp))
+        again = _start(config, ray_tmp)
+        out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    _rows_once(config)
