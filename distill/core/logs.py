@@ -52,7 +52,7 @@ def reroute() -> None:
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
-            if _is_console(handler):
+            if is_console(handler):
                 logger.removeHandler(handler)
         if _handler not in logger.handlers:
             logger.addHandler(_handler)
@@ -66,7 +66,8 @@ def own_log_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not (ours and k == VLLM_CONFIG_ENV)}
 
 
-def _is_console(handler: logging.Handler) -> bool:
+def is_console(handler: logging.Handler) -> bool:
+    """A handler that writes to the terminal (a StreamHandler that is not a file)."""
     return isinstance(handler, logging.StreamHandler) and not isinstance(handler,
                                                                          logging.FileHandler)
 

@@ -11,6 +11,7 @@ from typing import Iterator
 
 from distill.core.config import RunConfig
 from distill.core.errors import DistillError
+from distill.core.logs import is_console, reroute
 
 
 def ensure_ray(cfg: RunConfig):
@@ -21,8 +22,6 @@ def ensure_ray(cfg: RunConfig):
     engines inside actors are chatty, and their failures reach the driver as exceptions."""
     import ray
     import ray.data  # noqa: F401 (its logger gets its console handler at import)
-
-    from distill.core.logs import reroute
 
     reroute()  # Ray's console handlers, added at import, off again unless --verbose
     if not ray.is_initialized():
@@ -98,8 +97,7 @@ def ray_data_console_quiet() -> Iterator[None]:
     session logs) keeps everything; the stage reports a failure as one named error."""
     import ray.data  # noqa: F401 (configures the "ray.data" logger and its handlers)
 
-    handlers = [h for h in logging.getLogger("ray.data").handlers
-                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    handlers = [h for h in logging.getLogger("ray.data").handlers if is_console(h)]
     levels = [h.level for h in handlers]
     for h in handlers:
         h.setLevel(logging.CRITICAL)
