@@ -90,9 +90,8 @@ def _logs_note(run: Run) -> None:
 def _stage(config: Path, overrides: Optional[list[str]], stage: pipeline.Stage,
            force: bool) -> None:
     run = _run(config, overrides)
-    summary = pipeline.run_stage(run, stage, force=force)
-    if summary:
-        console.print_json(json.dumps(summary, default=str))
+    pipeline.run_stage(run, stage, force=force)  # prints the stage's outcome line
+    console.print(f"[dim]summary: {run.manifest_path}[/dim]", soft_wrap=True)
     _logs_note(run)
 
 

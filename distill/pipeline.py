@@ -40,7 +40,7 @@ class Stage:
 
 PROMPTS = Stage("prompts", prompts.run_prompts,
                 "load task data, split off the held-out test set", ("prompts",))
-GENERATE = Stage("generate", generate.run_generate, "teacher completions on vLLM in Ray",
+GENERATE = Stage("generate", generate.run_generate, "teacher completions on a Ray actor pool",
                  ("generate",), lambda cfg: True)
 CURATE = Stage("curate", curate.run_curate, "filters, dedup, decontamination", ("curate",))
 PAIRS = Stage("pairs", pairs.run_pairs, "preference pairs for DPO", ("pairs",),
@@ -78,7 +78,18 @@ def run_stage(run: Run, stage: Stage | str, force: bool = False) -> dict | None:
     with run.stage(name):
         summary = stage.run(run) or {}
         run.record_summary(name, summary)
+    console.print(outcome_line(name, run.manifest["stages"][name].get("seconds"), summary),
+                  soft_wrap=True, highlight=False)
     return summary
+
+
+def outcome_line(name: str, seconds: float | None, summary: dict, keys: int = 6) -> str:
+    """A stage's outcome in one line: its time and the first few plain numbers and words of
+    its summary (the stage orders them, most telling first); the rest is in manifest.json."""
+    shown = [f"{k} {v}" for k, v in summary.items()
+             if isinstance(v, (int, float, str)) and len(str(v)) <= 40][:keys]
+    took = f" in {seconds:.1f}s" if seconds is not None else ""
+    return f"{name}: done{took}" + (f": {', '.join(shown)}" if shown else "")
 
 
 def run_all(run: Run, force: bool = False, only: tuple[str, ...] = ()) -> None:

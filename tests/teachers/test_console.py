@@ -1,6 +1,6 @@
 """The console of a shrunken run through the CLI (prompts and generate, with the FAKE
 OpenAI-compatible teacher of fake_openai.py and a real local Ray): progress bars and stage
-outcomes only; Ray's and Ray Data's INFO lines and Python warnings go to the run's library log,
+outcomes only (one line each); Ray's and Ray Data's INFO lines and Python warnings go to the run's library log,
 which the console names. `--verbose` puts them back on the console."""
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ def test_console_has_no_library_lines_and_names_the_log(tmp_path, ray_tmp):
     assert proc.returncode == 0, proc.stderr[-3000:]
     console = proc.stdout + proc.stderr
     assert [line for line in console.splitlines() if LIBRARY_LINE.search(line)] == []
+    # One line per stage outcome (the whole summary is in manifest.json).
+    assert re.search(r"^prompts: done in [\d.]+s: examples 12, ", proc.stdout, re.M)
+    assert re.search(r"^generate: done in [\d.]+s: prompts 10, completions 10, errors 0",
+                     proc.stdout, re.M)
     log = tmp_path / "run" / "logs" / "libraries.log"
     assert f"library logs: {log}\n" in proc.stdout
     assert "Started a local Ray instance" in log.read_text()  # Ray's INFO line, kept there
