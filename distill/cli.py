@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distill import pipeline, promote as promotion, refresh as refreshing
+from distill.core.artifacts import RunPaths
 from distill.core.config import load_config
 from distill.core.errors import DistillError
 from distill.core.logs import route_library_logs
@@ -327,6 +328,8 @@ def refresh(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideO
         console.print(f"promoted {record['version']} again ({record['adapter']})")
         return
     if not list_:
+        if not VERBOSE:  # one library log for the whole cycle, at the top of its output dir
+            route_library_logs(RunPaths(cfg.output_dir).library_log)
         result = refreshing.refresh(cfg, pipeline.run_stage)
         console.print_json(refreshing.dumps(result))
     table = Table("version", "status", "new prompts", "metric", "promoted",
