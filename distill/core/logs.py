@@ -2,7 +2,8 @@
 
 The console of a run is for progress bars and one line per stage outcome. Ray, Ray Data, vLLM
 and the training libraries log INFO lines and warnings of their own; a `distill` command that
-works on a run (unless run with `--verbose`) sends them to `<run>/logs/libraries.log` instead.
+works on a run (unless run with `--verbose`) sends them to `<run>/logs/libraries.log` instead,
+and turns off the Hugging Face libraries' bars for one-off steps.
 
 Each library sets up its console handler when it is imported, and the stages import them late
 (inside the functions that use them), so routing is done twice: once when the command starts
@@ -40,6 +41,10 @@ def route_library_logs(path: Path) -> Path:
     logging.captureWarnings(True)  # warnings.warn(...) becomes a py.warnings record
     if os.environ.get("VLLM_CONFIGURE_LOGGING", "1") != "0":
         os.environ.setdefault(VLLM_CONFIG_ENV, str(_vllm_config(path)))
+    # The Hugging Face libraries' bars for one-off steps (tokenizing a dataset, loading
+    # weights) are not a stage's progress; the stage's own bars (tqdm) stay.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     reroute()
     return path
 
@@ -57,6 +62,11 @@ def reroute() -> None:
         if _handler not in logger.handlers:
             logger.addHandler(_handler)
         logger.propagate = False
+    # Libraries that never set a handler (bitsandbytes, ...) reach the root logger, whose
+    # fallback prints warnings on the console: give it the file instead.
+    root = logging.getLogger()
+    if _handler not in root.handlers:
+        root.addHandler(_handler)
 
 
 def own_log_env(env: dict[str, str]) -> dict[str, str]:
