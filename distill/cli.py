@@ -17,8 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from distill import pipeline, promote as promotion, refresh as refreshing
+from distill.core.artifacts import RunPaths
 from distill.core.config import load_config
 from distill.core.errors import DistillError
+from distill.core.logs import route_library_logs
 from distill.core.models import PACKAGED, list_models, prepare_packaged
 from distill.core.rundir import Run
 from ray_jobs import logs as job_logs_api
@@ -52,18 +54,46 @@ def user_errors(func: Callable) -> Callable:
         except DistillError as exc:
             err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
             raise typer.Exit(2)
+        except KeyboardInterrupt:
+            # Ctrl-C is a choice, not a crash: no traceback. Finished work is on disk.
+            err_console.print("interrupted: what was finished is saved; rerun the same "
+                              "command to continue", highlight=False)
+            raise typer.Exit(130)
     return wrapper
 
 
+@app.callback()
+def options(verbose: bool = typer.Option(
+        False, "--verbose", "-v", envvar="DISTILL_VERBOSE",
+        help="Ray, vLLM and training library logs on the console (by default they go to "
+             "<run>/logs/libraries.log)")):
+    """Teacher-student distillation: generate, curate, train, evaluate, report."""
+    global VERBOSE
+    VERBOSE = verbose
+
+
+VERBOSE = False
+
+
 def _run(config: Path, overrides: Optional[list[str]]):
-    return Run(load_config(config, overrides))
+    run = Run(load_config(config, overrides))
+    if not VERBOSE:
+        route_library_logs(run.paths.library_log)
+    return run
+
+
+def _logs_note(run: Run) -> None:
+    if run.paths.library_log.exists():
+        # soft_wrap: a path cut across lines can't be copied
+        console.print(f"[dim]library logs: {run.paths.library_log}[/dim]", soft_wrap=True)
 
 
 def _stage(config: Path, overrides: Optional[list[str]], stage: pipeline.Stage,
            force: bool) -> None:
-    summary = pipeline.run_stage(_run(config, overrides), stage, force=force)
-    if summary:
-        console.print_json(json.dumps(summary, default=str))
+    run = _run(config, overrides)
+    pipeline.run_stage(run, stage, force=force)  # prints the stage's outcome line
+    console.print(f"[dim]summary: {run.manifest_path}[/dim]", soft_wrap=True)
+    _logs_note(run)
 
 
 # --- config --------------------------------------------------------------------------------
@@ -224,6 +254,7 @@ def run(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
         verdict = json.loads(r.paths.report_json.read_text())["verdict"]
         console.print(f"[bold]verdict:[/bold] {verdict['text']}")
         console.print(f"report: {r.paths.report_html} (also report.md, report.json)")
+    _logs_note(r)
 
 
 # --- cluster jobs and scheduled refreshes (ray_jobs/) ------------------------------------------
@@ -306,6 +337,8 @@ def refresh(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideO
         console.print(f"promoted {record['version']} again ({record['adapter']})")
         return
     if not list_:
+        if not VERBOSE:  # one library log for the whole cycle, at the top of its output dir
+            route_library_logs(RunPaths(cfg.output_dir).library_log)
         result = refreshing.refresh(cfg, pipeline.run_stage)
         console.print_json(refreshing.dumps(result))
     table = Table("version", "status", "new prompts", "metric", "promoted",

@@ -1,6 +1,7 @@
 """The curate stage: teacher completions -> the SFT training set, with every drop explained.
 
-Order: row filters -> agreement vote (per example) -> exact dedup -> near dedup -> decontam.
+Order: row filters -> agreement vote (per example) -> label collapse watch -> exact dedup ->
+near dedup -> decontam -> gold (where prompts carry gold).
 Outputs (all written tmp-then-rename, nothing partial on failure):
     curate/train.parquet    example_id, text, label, target, row_ids, agreement
     curate/rejects.parquet  row_id, example_id, filter, detail   (every input row not in a
@@ -206,9 +207,8 @@ def run_curate(run: Run) -> dict[str, Any]:
     funnel.add("vote: agreement", "examples", n_examples_in, n_examples_in - len(examples),
                note=", ".join(f"{k} rows {v}" for k, v in sorted(vote_counts.items())))
 
-    # 3. the teacher's labels against the gold: collapse, and answers the gold contradicts
+    # 3. the teacher's labels against the gold (or the prior): collapse
     labels_summary = _watch_labels(cfg, examples)
-    examples, gold_summary = _gold_step(cfg, examples, rejects, funnel)
 
     # 4-5. exact and near dedup, against this run and the persistent index
     dedup_summary, examples, index_update = _dedup(run, examples, rows, rejects, funnel)
@@ -226,6 +226,10 @@ def run_curate(run: Run) -> dict[str, Any]:
         decontam_dropped = len(hits)
         funnel.add("decontamination", "examples", n_in, decontam_dropped,
                    note=f"{cfg.curate.decontam.method} vs {len(test_texts)} test rows")
+
+    # 7. answers the gold contradicts; last, so that what pairs reuse of them (the gold over
+    # the teacher's mistake) has passed dedup and decontamination too
+    examples, gold_summary = _gold_step(cfg, examples, rejects, funnel)
 
     with atomic_outputs(run.paths.rejects, run.paths.curated) as (rej_tmp, tr_tmp):
         _write_rejects(rejects, rej_tmp)

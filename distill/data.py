@@ -9,6 +9,7 @@ stratified by label; only evaluation and decontamination read it.
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import importlib.util
 import json
@@ -16,7 +17,7 @@ import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,9 +64,36 @@ Row = Example | BadRow
 # --- readers: (line, raw dict) pairs, or a BadRow where the row can't even be parsed --------
 
 
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    return (f"not UTF-8: byte {raw[exc.start:exc.end].hex(' ')} at column {exc.start + 1} "
+            "(save the file as UTF-8)")
+
+
+def _decoded_lines(fh: IO[bytes], bad: dict[int, str]) -> Iterator[str]:
+    """Each line of a binary file as text, line endings kept (as csv wants them).
+
+    Decoding line by line confines a stray byte to its own row: that line's number goes into
+    `bad` with the reason, and it is yielded with the byte replaced, so a CSV reader keeps its
+    place (quotes and cell counts stay as written) and the row is reported instead of the whole
+    file failing. A UTF-8 BOM at the start is dropped, so the first CSV header stays `text`.
+    """
+    for line_no, raw in enumerate(fh, start=1):
+        if line_no == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad[line_no] = _not_utf8(raw, exc)
+            yield raw.decode("utf-8", errors="replace")
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict] | BadRow]:
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
+    bad: dict[int, str] = {}
+    with path.open("rb") as fh:
+        for line_no, line in enumerate(_decoded_lines(fh, bad), start=1):
+            if line_no in bad:
+                yield BadRow(str(path), line_no, bad[line_no])
+                continue
             if not line.strip():
                 continue
             try:
@@ -80,10 +108,18 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict] | BadRow]:
 
 
 def _read_csv(path: Path, opener=open) -> Iterator[tuple[int, dict] | BadRow]:
-    with opener(path, "rt", encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
+    bad: dict[int, str] = {}
+    with opener(path, "rb") as fh:
+        reader = csv.DictReader(_decoded_lines(fh, bad))
+        if reader.fieldnames is not None and 1 in bad:  # every row is keyed by the header
+            raise DataError(f"{path}:1: the header is {bad[1]}")
+        end = 1
         for record in reader:
             # line_num is where the record ends; it is the row's line for single-line rows.
+            start, end = end + 1, reader.line_num
+            if undecodable := [n for n in range(start, end + 1) if n in bad]:
+                yield BadRow(str(path), undecodable[0], bad[undecodable[0]])
+                continue
             if None in record or None in record.values():
                 yield BadRow(str(path), reader.line_num, "wrong number of columns")
                 continue
@@ -191,15 +227,36 @@ def collect(rows: Iterable[Row], on_bad_row: str) -> tuple[list[Example], list[B
     bad: list[BadRow] = []
     duplicates = 0
     for row in rows:
+        if isinstance(row, Example) and row.example_id in kept:
+            first = kept[row.example_id]
+            if text_id(first.text) == text_id(row.text):
+                duplicates += 1
+                continue
+            # Same id (prompts.id_field), another text: keeping either would lose the other.
+            row = BadRow(row.source, row.line, f"duplicate id {row.example_id!r} with a "
+                         f"different text (first at {first.source}:{first.line})")
         if isinstance(row, BadRow):
             if on_bad_row == "fail":
                 raise DataError(f"{row} (set prompts.on_bad_row: skip to record and go on)")
             bad.append(row)
-        elif row.example_id in kept:
-            duplicates += 1
         else:
             kept[row.example_id] = row
     return list(kept.values()), bad, duplicates
+
+
+def no_examples_error(cfg: RunConfig, bad: list[BadRow], bad_rows_file: Path) -> DataError:
+    """Why nothing usable came out of the prompt source, naming the files."""
+    if cfg.prompts.source == "rotten_tomatoes":
+        where = str(rotten_tomatoes_path())
+        files = [where]
+    else:
+        where = str(cfg.prompts.path)
+        files = [str(f) for f in source_files(cfg.prompts)]
+    if bad:
+        return DataError(f"{where}: no usable examples: all {len(bad)} rows are bad "
+                         f"(listed in {bad_rows_file})")
+    empty = ", ".join(files)
+    return DataError(f"{where}: no usable examples: no rows in {empty} (is the file empty?)")
 
 
 def stratified_split(examples: list[Example], test_size: int, seed: int,

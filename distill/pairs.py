@@ -319,6 +319,23 @@ def make_pairs(examples: Sequence[dict[str, Any]], samples: dict[str, list[str]]
 # --- the stage -------------------------------------------------------------------------------
 
 
+def gold_rejected(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Examples `curate.gold: filter` took out of SFT: the teacher's answer was wrong, which
+    makes them the best DPO pairs there are (the gold chosen over the teacher's mistake)."""
+    import pyarrow.parquet as pq
+
+    if not run.paths.rejects.exists():
+        return []
+    rejects = pq.read_table(run.paths.rejects, columns=["example_id", "filter"]).to_pylist()
+    ids = {r["example_id"] for r in rejects if r["filter"] == "gold"}
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["example_id"] in ids and row["example_id"] not in found:
+            found[row["example_id"]] = {"example_id": row["example_id"], "text": row["text"],
+                                        "label": row["label"], "target": None}
+    return list(found.values())
+
+
 def run_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -331,8 +348,10 @@ def run_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
         raise StageNotReadyError(f"pairs need {train_path}: run `distill curate` first")
     examples = pq.read_table(train_path).to_pylist()
     samples: dict[str, list[str]] = {}
-    for row in read_generate_rows(run):
+    rows = read_generate_rows(run)
+    for row in rows:
         samples.setdefault(row["example_id"], []).append(row["completion"])
+    examples += gold_rejected(run, rows)
     batch_score = None
     with ExitStack() as engines:
         if cfg.scorer == "judge" and judge is None:

@@ -8,10 +8,10 @@ from collections import defaultdict
 from dataclasses import asdict
 
 from distill.core.config import RunConfig
-from distill.core.errors import DataError
 from distill.core.io import write_jsonl_atomic
 from distill.core.rundir import Run
-from distill.data import Example, collect, load_rows, stratified_split, write_examples
+from distill.data import (Example, collect, load_rows, no_examples_error, stratified_split,
+                          write_examples)
 
 
 def run_prompts(run: Run) -> dict:
@@ -19,14 +19,14 @@ def run_prompts(run: Run) -> dict:
     cfg: RunConfig = run.cfg
     paths = run.paths
     examples, bad, duplicates = collect(load_rows(cfg), cfg.prompts.on_bad_row)
+    write_jsonl_atomic(paths.bad_rows, [asdict(row) for row in bad])
     if not examples:
-        raise DataError("no usable examples in the prompt source")
+        raise no_examples_error(cfg, bad, paths.bad_rows)
     # Only class labels are strata: free-text references and JSON outputs are nearly all unique.
     train, test = stratified_split(examples, cfg.prompts.test_size, cfg.seed,
                                    stratify=cfg.task.type == "classification")
     if cfg.prompts.max_train_prompts is not None:
         train = train[: cfg.prompts.max_train_prompts]
-    write_jsonl_atomic(paths.bad_rows, [asdict(row) for row in bad])
     write_examples(paths.test_prompts, test)
     write_examples(paths.train_prompts, train)
     summary = {

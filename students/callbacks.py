@@ -61,7 +61,10 @@ class MetricsLogger(TrainerCallback):
 
 
 class LossTokensProgress(ProgressCallback):
-    """transformers' bar, with the latest loss and tokens/s shown beside it."""
+    """transformers' bar, with the latest loss and tokens/s shown beside it.
+
+    The stock bar also prints every logged dict as a line around the bar; those dicts are in
+    `<stage>/metrics.jsonl` already, so the console keeps just the bar."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and self.training_bar is not None and logs:
@@ -72,7 +75,6 @@ class LossTokensProgress(ProgressCallback):
                 postfix["tok/s"] = f"{logs['tokens_per_s']:.0f}"
             if postfix:
                 self.training_bar.set_postfix(postfix, refresh=False)
-        super().on_log(args, state, control, logs=logs, **kwargs)
 
 
 def install(trainer, logger: MetricsLogger) -> None:

@@ -23,13 +23,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from distill.core.artifacts import RunPaths
-from distill.core.errors import ConfigError, StageNotReadyError
+from distill.core.errors import ConfigError, EndpointError, EngineError, StageNotReadyError
 from distill.core.io import write_jsonl_atomic, write_parquet_atomic, write_text_atomic
 from distill.core.messages import teacher_messages, template_version
 from distill.core.rundir import Run
 from teachers.base import SamplingSpec, row_seed
 from teachers.cost import billed_units, estimate_cost
 from teachers.factory import teacher_source
+from teachers.http_engine import missing_api_keys
 from teachers.udf import ROW_SCHEMA, TeacherUDF
 
 FAULT_ENV = "DISTILL_FAULT_INJECT"  # tests only: JSON, see _fault_config()
@@ -129,11 +130,9 @@ def _actor_resources(run: Run) -> dict[str, Any]:
     # time must fail the job, not loop. Ray 2.60 has no named parameter for these yet, so
     # they go in as plain remote args (deprecated there, removed in Ray 2.64).
     args.update(max_restarts=teacher.max_restarts, max_task_retries=teacher.max_restarts)
-    ep = teacher.endpoint
-    if teacher.is_endpoint and ep.api_key_env and ep.api_key_env in os.environ:
-        # Workers may have started before the key was set (or live on other nodes): hand it
-        # over through Ray's runtime env, never through the manifest or a config file.
-        args["runtime_env"] = {"env_vars": {ep.api_key_env: os.environ[ep.api_key_env]}}
+    # No runtime_env with the API key: Ray writes env_vars to runtime_env_agent.log. The
+    # actors read the key from their own environment (teachers/http_engine.py: api_key):
+    # a local Ray's workers inherit the driver's, a cluster's nodes have it in theirs.
     return args
 
 
@@ -149,6 +148,7 @@ class ShardWriter:
         self.parts: dict[str, list[pa.Table]] = {name: [] for name in pending}
         self.seen: dict[str, set[str]] = {name: set() for name in pending}
         self.written = 0
+        self.saved_prompts = 0  # prompts of this run in written shards
 
     def add(self, batch: pa.Table) -> list[str]:
         """Add a batch of UDF rows; returns the names of shards completed by it."""
@@ -177,6 +177,7 @@ class ShardWriter:
                                    schema=ROW_SCHEMA)
         write_parquet_atomic(self.shard_dir / f"{name}.parquet", out)
         self.written += 1
+        self.saved_prompts += len(self.expected[name])
 
 
 def _error_record(r: dict, shard: str) -> dict:
@@ -208,6 +209,8 @@ def _totals(shard_dir: Path) -> tuple[int, int]:
 def run_generate(run: Run) -> dict:
     """Generate teacher completions for prompts/train.parquet into generate/shards/."""
     cfg = run.cfg
+    if missing := missing_api_keys(cfg.teacher):  # before Ray or any engine starts
+        raise ConfigError("teacher.endpoint.api_key_env", missing)
     start = time.perf_counter()
     sampling = sampling_spec(run)
     source = teacher_source(cfg.teacher)
@@ -252,12 +255,14 @@ def run_generate(run: Run) -> dict:
 def _generate(run: Run, pending: dict[str, list[dict]], sampling: SamplingSpec, model_path: str,
               stats: dict, todo: int) -> None:
     import ray.data
-    from tqdm.auto import tqdm
 
-    from distill.core.ray_init import ensure_ray
+    from distill.core.ray_init import ensure_ray, ray_data_console_quiet
 
     cfg = run.cfg
     ensure_ray(cfg)
+    # A UDF's exception comes back as itself (inside RayTaskError), not as Ray Data's
+    # UserCodeException, whose link to it is lost on the way to the driver: `_named` needs it.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     fault = _fault_config()
     table = pa.Table.from_pylist([r for rows in pending.values() for r in rows],
                                  schema=PROMPTS_SCHEMA)
@@ -276,6 +281,44 @@ def _generate(run: Run, pending: dict[str, list[dict]], sampling: SamplingSpec, 
         **_actor_resources(run),
     )
     writer = ShardWriter(run.paths, pending)
+    try:
+        with ray_data_console_quiet():
+            _consume(ds, writer, stats, todo, fault)
+    except FaultInjected:
+        raise
+    except Exception as exc:
+        raise _named(exc, cfg, todo, writer) from None
+
+
+def _named(exc: Exception, cfg, todo: int, writer: ShardWriter) -> Exception:
+    """A failure inside the Ray pool as one named error that says what is saved; a failure of
+    the driver's own code as it came (its traceback is what helps there).
+
+    Finished shards are on disk and a rerun skips them, so every message ends with how far the
+    run got and that a rerun picks up there."""
+    from distill.core.ray_init import named_error, ray_failure, ray_logs_dir
+
+    saved = (f"{writer.saved_prompts} of the {todo} prompts of this run are done and saved "
+             f"({writer.written} shard(s) under {writer.shard_dir})")
+    err = named_error(exc)
+    if isinstance(err, EndpointError):
+        return EndpointError(f"{err}\n{saved}; once the endpoint is up, rerun `distill "
+                             "generate` (or `distill run`): it resumes from there")
+    if err is not None:
+        return err
+    failure = ray_failure(exc)
+    if failure is None:
+        return exc
+    return EngineError(
+        f"the teacher engine failed in Ray, after up to {cfg.teacher.max_restarts} restart(s) "
+        f"(teacher.max_restarts): {failure}\n{saved}; Ray's logs: {ray_logs_dir()}. A rerun "
+        "resumes from there; if the same batch fails every time (out of memory?), lower "
+        "teacher.batch_size or teacher.max_model_len")
+
+
+def _consume(ds, writer: ShardWriter, stats: dict, todo: int, fault: dict) -> None:
+    from tqdm.auto import tqdm
+
     start = time.perf_counter()
     with tqdm(total=todo, unit="prompt", desc="generate", dynamic_ncols=True) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

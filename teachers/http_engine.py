@@ -11,22 +11,38 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 
-from distill.core.config import EndpointConfig
-from distill.core.errors import ConfigError
+from distill.core.config import EndpointConfig, TeacherConfig
+from distill.core.errors import ConfigError, EndpointError
 from teachers.base import Completion, Messages, SamplingSpec, error_completions, request_seeds
 
 
 def api_key(endpoint: EndpointConfig) -> str:
-    """The key comes from the environment only, so it never lands in a config or manifest."""
+    """The key, read from this process's environment where it is used (a Ray worker inherits
+    it from the node's environment), so it never travels through a config, a manifest or
+    Ray's runtime env (which Ray writes to its logs)."""
     if endpoint.api_key_env is None:
         return "EMPTY"  # local servers ignore it; the client insists on some value
     key = os.environ.get(endpoint.api_key_env)
     if not key:
-        raise ConfigError("teacher.endpoint.api_key_env", [
-            f"environment variable {endpoint.api_key_env} is not set (it holds the API key)"])
+        raise ConfigError("teacher.endpoint.api_key_env", [_unset(endpoint.api_key_env)])
     return key
+
+
+def _unset(name: str) -> str:
+    return (f"environment variable {name} is not set on {socket.gethostname()} (it holds the "
+            "API key; on a Ray cluster every node needs it in its environment, see the "
+            "README, \"A hosted OpenAI-compatible API\")")
+
+
+def missing_api_keys(teacher: TeacherConfig) -> list[str]:
+    """The driver's check before Ray or any engine starts: every named key variable is set."""
+    ep = teacher.endpoint
+    if not teacher.is_endpoint or ep is None or ep.api_key_env is None:
+        return []
+    return [] if os.environ.get(ep.api_key_env) else [_unset(ep.api_key_env)]
 
 
 class OpenAIGenerator:
@@ -102,6 +118,8 @@ class OpenAIGenerator:
             failed = error_completions(i, 1, reason, 0, seed)[0]
             failed.sample_index = s
             return failed
+        except openai.APIError as exc:
+            raise self._endpoint_error(exc) from None
         latency = time.perf_counter() - start
         choice = resp.choices[0]
         usage = resp.usage
@@ -113,8 +131,27 @@ class OpenAIGenerator:
             logprobs=_logprobs(choice.logprobs),
         )
 
+    def _endpoint_error(self, exc) -> EndpointError:
+        """The endpoint, not the prompt, failed (the client has used up its retries)."""
+        import openai
+
+        ep = self.endpoint
+        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            named = f" (from {ep.api_key_env})" if ep.api_key_env else ""
+            return EndpointError(f"teacher endpoint {ep.base_url} refused the API key{named}: "
+                                 f"HTTP {exc.status_code}: {_message(exc)}"[:1000])
+        status = getattr(exc, "status_code", None)
+        what = f"HTTP {status}: {_message(exc)}" if status else _connection_detail(exc)
+        return EndpointError(f"teacher endpoint {ep.base_url} still failing after "
+                             f"{ep.max_retries} retries: {what}"[:1000])
+
     def close(self) -> None:
         pass
+
+
+def _connection_detail(exc) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return f"{exc} ({type(cause).__name__}: {cause})" if cause else str(exc)
 
 
 def _message(exc) -> str:

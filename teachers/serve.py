@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from distill.core.errors import DistillError
+from distill.core.logs import own_log_env
 from teachers.vllm_engine import (CPU_DTYPE, CPU_ENGINE_DEFAULTS, cpu_batched_tokens, cpu_engine_env,
                                   has_gpu)
 
@@ -79,7 +80,7 @@ def vllm_server(model_path: str, *, served_name: str = "model", max_model_len: i
     cmd = serve_command(model_path, port, served_name=served_name, max_model_len=max_model_len,
                         dtype=dtype, lora_modules=lora_modules, max_lora_rank=max_lora_rank,
                         extra_args=extra_args or [])
-    env = {**os.environ}
+    env = own_log_env({**os.environ}) if log_path else {**os.environ}
     for key, value in (cpu_engine_env() if not has_gpu() else {}).items():
         env.setdefault(key, value)
     if log_path:

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from distill.core.config import TeacherConfig
+from distill.core.errors import DistillError
 from teachers.base import SamplingSpec
 
 # Exactly the run-dir contract for generate/shards/*.parquet, in this order.
@@ -42,9 +43,18 @@ class TeacherUDF:
         self.sampling_json = self.sampling.to_json()
         self.model_ref = model_ref
         self.fault = fault or {}
-        self.generator = make_generator(self.teacher, model_path, seed=seed)
+        self.startup_error: DistillError | None = None
+        try:
+            self.generator = make_generator(self.teacher, model_path, seed=seed)
+        except DistillError as exc:
+            # A named error (an API key variable unset on this node) is raised with the first
+            # batch instead: from a batch Ray hands the exception itself to the driver, from
+            # a constructor only its text, and it would restart the actor for nothing.
+            self.startup_error = exc
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.startup_error is not None:
+            raise self.startup_error
         self._maybe_crash()
         rows = batch.to_pylist()
         messages = [json.loads(r["messages"]) for r in rows]

@@ -29,6 +29,11 @@ class RunPaths:
         return self.root / "manifest.json"
 
     @property
+    def library_log(self) -> Path:
+        """What Ray, vLLM and the training libraries log (the console only with --verbose)."""
+        return self.root / "logs" / "libraries.log"
+
+    @property
     def jobs(self) -> Path:
         """Configs of jobs submitted to a cluster, one YAML per submission."""
         return self.root / "jobs"

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from distill.core.errors import ConfigError
 
@@ -23,6 +25,10 @@ class Section(BaseModel):
 
 
 # --- task and data -------------------------------------------------------------------------
+
+
+# The words of a label, as distill/curation/labels.py matches answers against labels.
+_LABEL_WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*", re.UNICODE)
 
 
 class FewShotExample(Section):
@@ -52,6 +58,27 @@ class TaskConfig(Section):
     def _template_has_input(cls, v: str) -> str:
         if "{input}" not in v:
             raise ValueError("template must contain the placeholder {input}")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_distinct(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        # Answers are matched to labels by their words, case-insensitively
+        # (distill/curation/labels.py), so "Positive" and "positive" would be one label and a
+        # label with no words ("", "?") could never be matched.
+        if v is None:
+            return v
+        seen: dict[str, str] = {}
+        for label in v:
+            key = " ".join(_LABEL_WORD.findall(label.casefold()))
+            if not key:
+                raise ValueError(f"label {label!r} is empty (a label needs a word)")
+            if key in seen:
+                raise ValueError(f"duplicate label {label!r}: same as {seen[key]!r} (labels are "
+                                 "compared case-insensitively)")
+            seen[key] = label
+        if info.data.get("type") == "classification" and len(v) < 2:
+            raise ValueError("a classification task needs at least two task.labels")
         return v
 
     @model_validator(mode="after")
@@ -528,19 +555,68 @@ def _apply_override(data: dict, override: str) -> None:
     target[parts[-1]] = yaml.safe_load(raw)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Parse and validate a run config. Raises ConfigError naming every bad place."""
-    path = Path(path)
-    if not path.is_file():
+def _duplicate_keys(node: yaml.Node, path: tuple = ()) -> list[str]:
+    """Every key given twice in one mapping, with both lines.
+
+    YAML loaders keep the last value silently; a key repeated by mistake (two `generate.n`
+    lines far apart) would change the run without a word.
+    """
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            line = key.start_mark.line + 1
+            if name is not None and name in first:
+                dotted = ".".join(str(p) for p in path + (name,))
+                problems.append(f"line {line}: {dotted}: duplicate key (first at line "
+                                f"{first[name]}; YAML would keep only the last)")
+            elif name is not None:
+                first[name] = line
+            problems += _duplicate_keys(value, path + (name,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(item, path + (i,))
+    return problems
+
+
+def _read_text(path: Path) -> str:
+    """The config's text, or a ConfigError that says why it can't be read."""
+    if path.is_dir():
+        raise ConfigError(str(path), ["is a directory, not a config file"])
+    if not path.exists():
         raise ConfigError(str(path), ["config file not found"])
-    text = path.read_text()
     try:
-        node = yaml.compose(text)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), [f"can't read the config file: {exc.strerror}"]) from None
+    try:
+        return raw.decode("utf-8-sig")  # a BOM (Windows editors) is not part of the YAML
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        bad = raw[exc.start:exc.end].hex(" ")
+        raise ConfigError(str(path), [
+            f"line {line}: not UTF-8: byte {bad} at offset {exc.start} (save the file as "
+            "UTF-8)"]) from None
+
+
+def _parse(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         raise ConfigError(str(path), [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"])
+    if node is not None and (duplicates := _duplicate_keys(node)):
+        raise ConfigError(str(path), duplicates)
+    return node, data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Parse and validate a run config. Raises ConfigError naming every bad place."""
+    path = Path(path)
+    node, data = _parse(path, _read_text(path))
     if not isinstance(data, dict):
         raise ConfigError(str(path), ["the top level must be a mapping of sections"])
     for override in overrides or []:

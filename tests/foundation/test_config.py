@@ -142,3 +142,71 @@ def test_renamed_sections_are_named_with_their_new_place(tmp_path):
                            "`prompts` (each command's section has the command's name)")
     assert problems[1].startswith(f"line {_line_of(path, 'generation:')}: generation: "
                                   "this section is now `generate`")
+
+
+@pytest.mark.parametrize("labels, expected", [
+    ("[positive, negative, positive]", "duplicate label 'positive': same as 'positive'"),
+    ("[positive, negative, Positive]", "duplicate label 'Positive': same as 'positive'"),
+    ("[positive, '', negative]", "label '' is empty"),
+    ("[positive, '?', negative]", "label '?' is empty"),
+    ("[positive]", "a classification task needs at least two task.labels"),
+])
+def test_label_lists_are_distinct_and_non_empty(tmp_path, labels, expected):
+    path = _quickstart_with(tmp_path, "  labels: [positive, negative]", f"  labels: {labels}")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    (problem,) = exc.value.problems
+    assert problem.startswith(f"line {_line_of(path, 'labels:')}: task")
+    assert expected in problem
+
+
+def test_duplicate_yaml_key_names_both_lines(tmp_path):
+    # YAML keeps the last of two equal keys silently; a repeated key must be an error instead.
+    path = _quickstart_with(tmp_path, "  temperature: 0.7", "  temperature: 0.7\n  n: 5")
+    first, second = (i for i, line in enumerate(path.read_text().splitlines(), 1)
+                     if line.startswith("  n: "))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert exc.value.problems == [
+        f"line {second}: generate.n: duplicate key (first at line {first}; YAML would keep "
+        "only the last)"]
+
+
+def test_duplicate_top_level_section(tmp_path):
+    path = _write(tmp_path, QUICKSTART.read_text() + "\nseed: 3\nseed: 4\n")
+    with pytest.raises(ConfigError, match=r"seed: duplicate key \(first at line \d+"):
+        load_config(path)
+
+
+def test_directory_as_config_is_named_a_directory(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path)
+    assert exc.value.problems == ["is a directory, not a config file"]
+
+
+def test_non_utf8_config_names_line_and_offset(tmp_path):
+    text = QUICKSTART.read_text().replace("run_name:", "# caf\xe9\nrun_name:", 1)
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(text.encode("latin-1"))
+    offset = text.encode("latin-1").index(b"\xe9")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    line = text.splitlines().index("# caf\xe9") + 1
+    assert exc.value.problems == [
+        f"line {line}: not UTF-8: byte e9 at offset {offset} "
+        "(save the file as UTF-8)"]
+
+
+def test_config_with_bom_loads(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + QUICKSTART.read_bytes())
+    assert load_config(path) == load_config(QUICKSTART)
+
+
+def test_cli_non_utf8_config_exits_2_without_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(QUICKSTART.read_bytes().replace(b"run_name:", b"# \xff\nrun_name:", 1))
+    proc = _cli("config", "validate", str(path))
+    assert proc.returncode == 2
+    assert "not UTF-8" in proc.stderr and str(path) in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

@@ -174,3 +174,95 @@ def test_the_prompts_stage_stratifies_only_class_labels(tmp_path):
                       ["task.type=free_text", "task.labels=null"])
     summary = run_stage(Run(cfg), "prompts")
     assert summary["test_examples"] == 50 and summary["train_prompts"] == 150
+
+
+def _bytes(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_non_utf8_jsonl_row_is_a_bad_row(tmp_path):
+    # Latin-1 "é" (0xe9) in line 2 only: that row is bad, the others load.
+    src = _bytes(tmp_path / "p.jsonl", [GOOD[0].encode(), b'{"text": "caf\xe9 review"}',
+                                        GOOD[1].encode()])
+    cfg = load_config(_config(tmp_path, {"source": "jsonl", "path": str(src), "test_size": 1}))
+    kept, bad, _ = collect(load_rows(cfg), "skip")
+    assert [k.text for k in kept] == ["review number 0", "review number 1"]
+    assert [str(b) for b in bad] == [
+        f"{src}:2: not UTF-8: byte e9 at column 14 (save the file as UTF-8)"]
+    with pytest.raises(DataError, match=r"p\.jsonl:2: not UTF-8: byte e9 .*on_bad_row: skip"):
+        collect(load_rows(cfg), "fail")
+
+
+def test_non_utf8_csv_row_is_a_bad_row_and_later_lines_keep_their_numbers(tmp_path):
+    src = _bytes(tmp_path / "p.csv", [b"text,label", b"great film,positive",
+                                      b'"a caf\xe9 scene,\nover two lines",negative',
+                                      b"awful,negative", b"\xff,positive", b"fine,positive"])
+    cfg = load_config(_config(tmp_path, {"source": "csv", "path": str(src), "test_size": 1}))
+    kept, bad, _ = collect(load_rows(cfg), "skip")
+    assert [(k.text, k.line) for k in kept] == [("great film", 2), ("awful", 5), ("fine", 7)]
+    assert [(b.line, b.reason) for b in bad] == [
+        (3, "not UTF-8: byte e9 at column 7 (save the file as UTF-8)"),
+        (6, "not UTF-8: byte ff at column 1 (save the file as UTF-8)")]
+
+
+def test_non_utf8_csv_header_stops_with_the_file(tmp_path):
+    src = _bytes(tmp_path / "p.csv", [b"t\xe9xt,label", b"great film,positive"])
+    cfg = load_config(_config(tmp_path, {"source": "csv", "path": str(src), "test_size": 1}))
+    with pytest.raises(DataError, match=r"p\.csv:1: the header is not UTF-8: byte e9"):
+        collect(load_rows(cfg), "skip")
+
+
+@pytest.mark.parametrize("name, lines", [
+    ("p.csv", [b"text,label", b"great film,positive", b"awful,negative"]),
+    ("p.jsonl", [GOOD[1].encode(), GOOD[0].encode()]),
+])
+def test_utf8_bom_is_dropped(tmp_path, name, lines):
+    # Excel and Notepad write a BOM; it must not become part of the first header or JSON line.
+    src = _bytes(tmp_path / name, [b"\xef\xbb\xbf" + lines[0], *lines[1:]])
+    source = name.split(".")[1]
+    cfg = load_config(_config(tmp_path, {"source": source, "path": str(src), "test_size": 1}))
+    kept, bad, _ = collect(load_rows(cfg), "fail")
+    assert len(kept) == 2 and not bad
+    assert not any("\ufeff" in k.text for k in kept)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "text,label\n"])
+def test_empty_prompt_file_is_named(tmp_path, content):
+    suffix = "csv" if "," in content else "jsonl"
+    src = tmp_path / f"empty.{suffix}"
+    src.write_text(content)
+    cfg = load_config(_config(tmp_path, {"source": suffix, "path": str(src), "test_size": 1}))
+    with pytest.raises(DataError) as exc:
+        run_stage(Run(cfg), "prompts")
+    assert str(exc.value) == (f"{src}: no usable examples: no rows in {src} "
+                              "(is the file empty?)")
+
+
+def test_all_rows_bad_points_at_the_bad_rows_file(tmp_path):
+    src = _jsonl(tmp_path / "p.jsonl", ["{broken", "[1]"])
+    cfg = load_config(_config(tmp_path, {"source": "jsonl", "path": str(src), "test_size": 1,
+                                         "on_bad_row": "skip"}))
+    run = Run(cfg)
+    with pytest.raises(DataError, match=r"p\.jsonl: no usable examples: all 2 rows are bad "
+                                        r"\(listed in .*bad_rows\.jsonl\)"):
+        run_stage(run, "prompts")
+    assert len((run.dir / "prompts" / "bad_rows.jsonl").read_text().splitlines()) == 2
+
+
+def test_same_id_different_text_is_a_bad_row(tmp_path):
+    src = _jsonl(tmp_path / "p.jsonl", [
+        json.dumps({"id": "a", "text": "first text", "label": "positive"}),
+        json.dumps({"id": "b", "text": "other", "label": "negative"}),
+        json.dumps({"id": "a", "text": "first  text", "label": "positive"}),  # same text: a dup
+        json.dumps({"id": "a", "text": "second text", "label": "negative"}),  # line 4: clash
+    ])
+    cfg = load_config(_config(tmp_path, {"source": "jsonl", "path": str(src), "test_size": 1,
+                                         "id_field": "id"}))
+    kept, bad, dups = collect(load_rows(cfg), "skip")
+    assert [(k.example_id, k.text) for k in kept] == [("a", "first text"), ("b", "other")]
+    assert dups == 1
+    assert [str(b) for b in bad] == [
+        f"{src}:4: duplicate id 'a' with a different text (first at {src}:1)"]
+    with pytest.raises(DataError, match=r"p\.jsonl:4: duplicate id 'a'"):
+        collect(load_rows(cfg), "fail")

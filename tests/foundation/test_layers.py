@@ -5,7 +5,7 @@ Layers, top to bottom (README, "Architecture"):
   stages     one module per command: what `distill <command>` does
   libraries  engines (teacher backends, serving, the engine builder), training helpers,
              curation libraries, the Ray Jobs client
-  core       config, errors, run dir and its artifact registry, atomic IO, models, Ray init
+  core       config, errors, run dir and its artifact registry, atomic IO, models, Ray init, logs
 
 Every import counts, also one inside a function, since that is how cycles used to hide.
 """

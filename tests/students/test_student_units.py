@@ -94,3 +94,22 @@ def test_model_card_round_trip(tmp_path, make_run):
     assert front["distill"]["dataset_sha256"] == "abc"
     text = (tmp_path / "README.md").read_text()
     assert "| eval_loss_after | 0.1 |" in text and '"quantization": "nf4"' in text
+
+
+def test_progress_bar_keeps_the_trainer_dicts_off_the_console(capsys):
+    # transformers' own bar prints every logged dict ("{'loss': ...}") around itself; ours
+    # shows loss and tokens/s on the bar, and the dicts only go to metrics.jsonl.
+    from transformers import TrainerControl, TrainerState
+
+    from students.callbacks import LossTokensProgress
+
+    bar = LossTokensProgress()
+    state = TrainerState(max_steps=4, is_world_process_zero=True)
+    bar.on_train_begin(None, state, TrainerControl())
+    bar.on_log(None, state, TrainerControl(), logs={"loss": 1.25, "tokens_per_s": 99.0,
+                                                    "learning_rate": 2e-4})
+    bar.on_step_end(None, state, TrainerControl())
+    bar.on_train_end(None, state, TrainerControl())
+    out = capsys.readouterr()
+    assert "loss=1.2500" in out.err and "tok/s=99" in out.err
+    assert "learning_rate" not in out.out + out.err and "{'loss'" not in out.out + out.err

@@ -4,7 +4,6 @@ fault tolerance on Ray: a crashed actor is restarted, a killed driver resumes ex
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -16,7 +15,6 @@ from teachers.generate import FAULT_ENV, FaultInjected, run_generate
 from teacher_helpers import REVIEWS, make_run, read_rows
 
 pytestmark = pytest.mark.slow
-SECRET = "sk-test-do-not-log-1234"
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +48,9 @@ def test_seeded_samples_are_reproducible_and_long_prompts_quarantined(server):
 
 def test_crashed_actor_and_killed_driver_resume_exactly_once(server, ray_local, tmp_path,
                                                              monkeypatch):
-    monkeypatch.setenv("DISTILL_TEST_API_KEY", SECRET)
-    teacher = {"backend": "openai", "replicas": 1,
-               "endpoint": _endpoint(server, api_key_env="DISTILL_TEST_API_KEY").model_dump()}
+    # No api_key_env: the workers of the shared test Ray predate any variable set here. The
+    # key's path (and that it reaches no log) is test_endpoint_faults.py's.
+    teacher = {"backend": "openai", "replicas": 1, "endpoint": _endpoint(server).model_dump()}
     run = make_run(tmp_path, model="student", n=2, texts=REVIEWS[:16], teacher=teacher)
     marker = tmp_path / "actor_crashed"
     monkeypatch.setenv(FAULT_ENV, json.dumps({"actor_crash_once": str(marker),
@@ -73,8 +71,3 @@ def test_crashed_actor_and_killed_driver_resume_exactly_once(server, ray_local, 
     assert summary["prompts_this_run"] == 16 - 4 * len(first_files)
     assert {f.name: f.stat().st_mtime_ns for f in first_files} == kept  # never rewritten
     assert all(r["backend"] == "openai" and r["model"] == "student" for r in rows)
-    # The API key lives only in the environment: not in the manifest, rows or errors file.
-    for path in (run.manifest_path, run.dir / "generate" / "errors.jsonl"):
-        assert SECRET not in path.read_text()
-    assert not any(SECRET in json.dumps(r) for r in rows)
-    assert os.environ["DISTILL_TEST_API_KEY"] == SECRET
