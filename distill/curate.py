@@ -274,7 +274,7 @@ def _watch_labels(cfg, examples: list[Example]) -> dict[str, Any] | None:
         return out
     message = "label collapse: " + found.describe("after the vote")
     out["warning"] = message
-    if found.level == "stop" and cfg.check.on_fail == "stop":
+    if found.level == "stop" and found.reference == "gold" and cfg.check.on_fail == "stop":
         raise TeacherCheckError(f"{message} (check.collapse_stop {cfg.check.collapse_stop}). "
                                 "Training on these targets would teach one label. Check the "
                                 "teacher (`distill check`), or go on anyway with "

@@ -53,6 +53,8 @@ def test_collapse_needs_a_big_share_that_squeezes_the_other_labels():
     assert check_labels(["p"] * 28 + ["n"] * 4, binary, ["p", "n"], 0.6, 0.9).level == "ok"
     no_gold = check_labels(["a"] * 100, None, ["a", "b"], 0.6, 0.9)
     assert no_gold.level == "stop" and no_gold.reference == "uniform prior"
+    # Without gold the prior is a guess: 95% one label is only a warning, 100% a stop.
+    assert check_labels(["a"] * 95 + ["b"] * 5, None, ["a", "b"], 0.6, 0.9).level == "warn"
 
 
 def _texts(n: int) -> list[str]:
