@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,9 +31,10 @@ from distill.core.errors import StageNotReadyError, TeacherCheckError
 from distill.core.io import read_json, write_json_atomic
 from distill.core.messages import teacher_messages
 from distill.core.rundir import Run
-from distill.curation.collapse import check_labels
+from distill.curation.collapse import check_labels, enforce
+from distill.curation.filters import answer_key
 from distill.curation.labels import canonical_json, normalize_label
-from distill.data import Example, read_examples
+from distill.data import Example, majority_label, read_examples
 from distill.stats import compare, mean_ci
 
 console = Console()
@@ -116,14 +116,9 @@ def cached_answers(run: Run, sample: list[Example]) -> Answers:
 # --- scoring -------------------------------------------------------------------------------
 
 
-def parse(cfg: RunConfig, answer: str | None) -> str | None:
-    if answer is None:
-        return None
-    if cfg.task.type == "classification":
-        return normalize_label(answer, cfg.task.labels or [])
-    if cfg.task.type == "json":
-        return canonical_json(answer)
-    return answer.strip()
+def parse(cfg: RunConfig, answer: str) -> str | None:
+    """The answer as curation reads it (a label, canonical JSON, stripped text)."""
+    return answer_key(cfg.task, answer)
 
 
 def item_scores(cfg: RunConfig, parsed: list[str | None], gold: list[str]) -> list[float]:
@@ -133,12 +128,6 @@ def item_scores(cfg: RunConfig, parsed: list[str | None], gold: list[str]) -> li
     if cfg.task.type == "json":
         gold = [canonical_json(g) or g for g in gold]
     return [float(p is not None and p == g) for p, g in zip(parsed, gold)]
-
-
-def majority_answer(run: Run) -> str:
-    """The most common gold answer among all training prompts: the "always say X" baseline."""
-    gold = [ex.label for ex in read_examples(run.paths.train_prompts) if ex.label is not None]
-    return Counter(gold).most_common(1)[0][0]
 
 
 def estimate(scores: list[float], seed: int) -> dict[str, float]:
@@ -179,7 +168,7 @@ def _score_against_gold(run: Run, answers: Answers, teacher: list[str | None],
                         result: dict[str, Any]) -> None:
     cfg, check, seed = run.cfg, run.cfg.check, run.cfg.seed
     gold = [str(g) for g in answers.gold]
-    majority = majority_answer(run)
+    majority = majority_label(read_examples(run.paths.train_prompts))
     t_scores = item_scores(cfg, teacher, gold)
     m_scores = item_scores(cfg, [parse(cfg, majority)] * len(gold), gold)
     vs_majority = compare(t_scores, m_scores, seed=seed)
@@ -287,15 +276,12 @@ def watch_generation(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     found = check_labels(answers, gold if has_gold else None, cfg.task.labels or [],
                          cfg.check.collapse_warn, cfg.check.collapse_stop)
     summary["labels"] = found.to_dict()
-    if found.level == "ok":
-        return summary
-    message = "label collapse: " + found.describe("in the generated completions")
-    summary["warnings"] = [message]
     # Without gold the reference is a guessed prior: the watch warns, the check (on a sample
     # before generating) is where an all-one-label teacher stops.
-    if found.level == "stop" and found.reference == "gold" and cfg.check.on_fail == "stop":
-        raise TeacherCheckError(f"{message} (check.collapse_stop {cfg.check.collapse_stop}). The "
-                                f"completions are kept in {run.paths.generate_shards}. What to "
-                                f"try: {ADVICE}.")
-    console.print(f"[yellow]warning: {message}[/yellow]")
+    message = enforce(found, cfg.check, "in the generated completions",
+                      f"The completions are kept in {run.paths.generate_shards}. What to try: "
+                      f"{ADVICE}.")
+    if message:
+        summary["warnings"] = [message]
+        console.print(f"[yellow]warning: {message}[/yellow]")
     return summary

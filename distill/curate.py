@@ -21,12 +21,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from distill.core.errors import DataError, StageNotReadyError, TeacherCheckError
+from distill.core.errors import DataError, StageNotReadyError
 from distill.core.io import atomic_outputs
 from distill.core.ray_init import ensure_ray
 from distill.curation.filters import Example, Rejected, apply_row_filters, build_row_filters, vote_all
 from distill.core.rundir import Run
-from distill.curation.collapse import check_labels, label_counts
+from distill.curation.collapse import check_labels, enforce, label_counts
 from distill.curation.labels import canonical_json
 
 console = Console()
@@ -270,16 +270,12 @@ def _watch_labels(cfg, examples: list[Example]) -> dict[str, Any] | None:
                          cfg.task.labels or [], cfg.check.collapse_warn, cfg.check.collapse_stop)
     out = {"check": found.to_dict(), "teacher": found.answers,
            "gold": label_counts(gold, cfg.task.labels or []) if None not in gold else None}
-    if found.level == "ok":
-        return out
-    message = "label collapse: " + found.describe("after the vote")
-    out["warning"] = message
-    if found.level == "stop" and found.reference == "gold" and cfg.check.on_fail == "stop":
-        raise TeacherCheckError(f"{message} (check.collapse_stop {cfg.check.collapse_stop}). "
-                                "Training on these targets would teach one label. Check the "
-                                "teacher (`distill check`), or go on anyway with "
-                                "--set check.on_fail=warn")
-    console.print(f"[yellow]warning: {message}[/yellow]")
+    message = enforce(found, cfg.check, "after the vote",
+                      "Training on these targets would teach one label. Check the teacher "
+                      "(`distill check`), or go on anyway with --set check.on_fail=warn")
+    if message:
+        out["warning"] = message
+        console.print(f"[yellow]warning: {message}[/yellow]")
     return out
 
 

@@ -14,7 +14,7 @@ import csv
 import importlib.util
 import json
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -291,6 +291,12 @@ def stratified_split(examples: list[Example], test_size: int, seed: int,
     rng.shuffle(train)
     rng.shuffle(test)
     return train, test
+
+
+def majority_label(examples: list[Example]) -> str | None:
+    """The most common gold answer: the "always say X" baseline (None without gold)."""
+    counts = Counter(ex.label for ex in examples if ex.label is not None)
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def write_examples(path: Path, examples: list[Example]) -> None:

@@ -8,7 +8,6 @@ soon as they exist, so a crash in the middle resumes without re-running the fini
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,7 +16,7 @@ import pyarrow as pa
 
 from distill import metrics
 from distill.core.config import GeneralPrompt, RunConfig, TaskConfig
-from distill.data import read_examples
+from distill.data import majority_label, read_examples
 from distill.core.errors import StageNotReadyError
 from distill.curation.labels import canonical_json, normalize_label
 from distill.core.messages import Message, teacher_messages
@@ -164,8 +163,7 @@ def majority_baseline(run: Run, teacher_parsed: list, gold: list[str]) -> dict:
     """Always answering the training set's most common gold answer, on the held-out rows, and
     the teacher against it (paired, same rows): a teacher must clear this to mean anything."""
     cfg = run.cfg
-    train_gold = [ex.label for ex in read_examples(run.paths.train_prompts) if ex.label is not None]
-    answer = Counter(train_gold).most_common(1)[0][0] if train_gold else gold[0]
+    answer = majority_label(read_examples(run.paths.train_prompts)) or gold[0]
     scores, parsed = score(cfg.task, [answer] * len(gold), gold, cfg.eval.bootstrap, cfg.seed)
     metric = MAIN_METRIC[cfg.task.type] if cfg.task.type == "classification" else "exact_match"
     truth = [canonical_json(g) or g for g in gold] if cfg.task.type == "json" else gold

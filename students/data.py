@@ -79,7 +79,7 @@ def _prompt(task: TaskConfig, fitter: InputFitter | None, row: dict, answers: li
     if fitter is None:
         return student_messages(task, row["text"])
     longest = max(fitter.answer_tokens(a) for a in answers)
-    return fitter.messages(row["text"], answer_tokens=longest, example_id=row["example_id"])
+    return fitter.messages(row["text"], answer_tokens=longest)
 
 
 def split(records: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

@@ -12,7 +12,7 @@ budget, so the student sees at inference the input it learnt from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from distill.core.config import RunConfig
 from distill.core.errors import ConfigError
@@ -33,7 +33,6 @@ class InputFitter:
     budget: int
     shortened: int = 0
     longest_cut: int = 0  # most input tokens removed from one example
-    ids: list[str] = field(default_factory=list)
 
     def tokens(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -43,7 +42,7 @@ class InputFitter:
                                                   add_generation_prompt=True)
         return len(self.tokens(text))
 
-    def messages(self, text: str, answer_tokens: int = 0, example_id: str = "") -> list[Message]:
+    def messages(self, text: str, answer_tokens: int = 0) -> list[Message]:
         """The student's chat; `answer_tokens`: a training answer's length (0 at inference)."""
         budget = min(self.budget,
                      self.cfg.student.max_seq_len - answer_tokens - TEMPLATE_SLACK)
@@ -65,8 +64,6 @@ class InputFitter:
             keep -= 2
         self.shortened += 1
         self.longest_cut = max(self.longest_cut, len(ids) - keep)
-        if example_id:
-            self.ids.append(example_id)
         return chat
 
     def _cut(self, ids: list[int], keep: int) -> str:

@@ -14,6 +14,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Sequence
 
+from distill.core.config import CheckConfig
+from distill.core.errors import TeacherCheckError
+
 INVALID = "(no valid label)"
 
 
@@ -78,3 +81,14 @@ def check_labels(answers: Sequence[str | None], gold: Sequence[str | None] | Non
     if level == "stop" and reference != "gold" and share < 1.0:
         level = "warn"  # the prior is a guess (classes are rarely balanced): only all-one-label stops
     return LabelCheck(level, top, share, ref, reference, n, counts, expected)
+
+
+def enforce(found: LabelCheck, check: CheckConfig, where: str, then: str) -> str | None:
+    """The watches' rule: None when fine, else the warning to show; a stop against the gold
+    (not a guessed prior) raises, unless `check.on_fail: warn`. `then`: what the error adds."""
+    if found.level == "ok":
+        return None
+    message = "label collapse: " + found.describe(where)
+    if found.level == "stop" and found.reference == "gold" and check.on_fail == "stop":
+        raise TeacherCheckError(f"{message} (check.collapse_stop {check.collapse_stop}). {then}")
+    return message
