@@ -99,8 +99,8 @@ def summarise(serial: list[Sample], loaded: list[Sample], loaded_wall: float,
 
 def _bench_model(server: tuple[str, str], served_name: str, prompts: list[list[dict]],
                  cfg: RunConfig, price: PriceConfig) -> dict:
-    serial, _ = asyncio.run(_load(*server, served_name, prompts, cfg.bench.max_tokens, 1))
-    loaded, wall = asyncio.run(_load(*server, served_name, prompts, cfg.bench.max_tokens,
+    serial, _ = asyncio.run(_load(*server, served_name, prompts, cfg.bench_tokens, 1))
+    loaded, wall = asyncio.run(_load(*server, served_name, prompts, cfg.bench_tokens,
                                      cfg.bench.concurrency))
     return summarise(serial, loaded, wall, price)
 
@@ -147,7 +147,7 @@ def run_bench(run) -> dict:
                                                _prompts(run, c), cfg, price)
                 results[c.name]["served_as"] = _served_as(cfg, c)
     settings = {"requests": cfg.bench.requests, "concurrency": cfg.bench.concurrency,
-                "max_tokens": cfg.bench.max_tokens, "engine": "vllm serve (OpenAI API)"}
+                "max_tokens": cfg.bench_tokens, "engine": "vllm serve (OpenAI API)"}
     write_json_atomic(run.paths.bench_results,
                       {"settings": settings, "models": results})
     return {name: {k: round(v, 4) for k, v in r.items()

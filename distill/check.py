@@ -77,7 +77,7 @@ def fingerprint(cfg: RunConfig, sample: list[Example]) -> str:
                        "teacher": cfg.teacher.model_dump(mode="json", exclude={"min_quality"}),
                        "generate": cfg.generate.model_dump(mode="json"),
                        "student": cfg.student.model if cfg.check.student_baseline else None,
-                       "eval_max_tokens": cfg.eval.max_tokens,
+                       "eval_max_tokens": cfg.answer_tokens,
                        "sample": [ex.example_id for ex in sample]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -96,7 +96,7 @@ def ask_engines(run: Run, sample: list[Example], key: str) -> Answers:
     student_answers = None
     if cfg.check.student_baseline:
         with open_student(cfg) as student:
-            ask = chat(student, cfg.eval.max_tokens, seed=cfg.seed)
+            ask = chat(student, cfg.answer_tokens, seed=cfg.seed)
             student_answers = ask([teacher_messages(cfg.task, ex.text, few_shot=False)
                                    for ex in sample])
     return Answers(key, [ex.example_id for ex in sample], [ex.label for ex in sample],

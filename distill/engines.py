@@ -75,6 +75,17 @@ def open_student(cfg: RunConfig, adapter: Path | None = None,
         generator.close()
 
 
+@contextmanager
+def open_judge(cfg: RunConfig) -> Iterator[Generator]:
+    """The judge (`judge.engine`, else the teacher) through the same builder as the teacher."""
+    engine = cfg.judge.engine or cfg.teacher
+    generator = make_generator(engine, teacher_source(engine).path, seed=cfg.seed)
+    try:
+        yield generator
+    finally:
+        generator.close()
+
+
 def open_generator(cfg: RunConfig, role: str, adapter: Path | None = None,
                    model_path: Path | None = None):
     """`open_teacher` or `open_student` by role ("teacher" | "student")."""

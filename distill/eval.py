@@ -109,7 +109,7 @@ def general_ability(answers: list[str], prompts: list[GeneralPrompt]) -> float:
 
 def _requests(cfg: RunConfig, c: Contender, examples, general: list[GeneralPrompt]):
     """(message lists, max_tokens) per request: the task, and for students the forgetting check."""
-    requests = [([c.prompt(cfg.task, ex.text) for ex in examples], cfg.eval.max_tokens)]
+    requests = [([c.prompt(cfg.task, ex.text) for ex in examples], cfg.answer_tokens)]
     if c.role == "student":
         requests.append(([[{"role": "user", "content": p.prompt}] for p in general], 32))
     return requests

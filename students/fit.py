@@ -102,5 +102,5 @@ def load_fitter(cfg: RunConfig, budget: int | None, tokenizer=None) -> InputFitt
 
         tokenizer = load_tokenizer(resolve(cfg.student.model).path)
     if budget is None:
-        budget = cfg.student.max_seq_len - cfg.eval.max_tokens - TEMPLATE_SLACK
+        budget = cfg.student.max_seq_len - cfg.answer_tokens - TEMPLATE_SLACK
     return InputFitter(cfg, tokenizer, budget)

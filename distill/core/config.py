@@ -52,6 +52,10 @@ class TaskConfig(Section):
                           "instead of the chat template's default (fewer tokens per request)")
     template: str = Field("{instruction}\n\n{input}", description="user turn; {instruction} {input}")
     few_shot: list[FewShotExample] = Field(default_factory=list)
+    max_answer_tokens: int | None = Field(
+        None, gt=0, description="tokens an answer of this task needs; eval and bench generate "
+                                "this many (None: generate.max_tokens), and count the answers "
+                                "cut at the limit")
 
     @field_validator("template")
     @classmethod
@@ -279,6 +283,26 @@ class CurateConfig(Section):
         "filter", description="where prompts carry gold labels (classification, JSON): filter "
                               "rejects teacher answers that disagree with the gold; keep "
                               "trains on them and counts them")
+    target: Literal["auto", "vote", "medoid", "judge", "rule"] = Field(
+        "auto", description="which of the n samples becomes the training target: vote (the "
+                            "majority answer), medoid (the most central text), judge (the "
+                            "judge's best), rule (`target_rule`'s best); auto: vote for "
+                            "classification and JSON, medoid for free text")
+    target_rule: str | None = Field(None, description="target: rule: a built-in rule's name")
+
+
+class JudgeConfig(Section):
+    """The LLM judge: pairwise student vs teacher in eval (free-text tasks, both orders), and
+    the pointwise scorer behind `curate.target: judge` and `pairs.scorer: judge`."""
+
+    engine: TeacherConfig | None = Field(
+        None, description="the judge's model and backend (vllm, openai, transformers), built "
+                          "like the teacher's; None: the teacher judges")
+    rubric: str | None = Field(None, description="what a good answer is, added to the judge's "
+                                                 "prompts")
+    max_tokens: int = Field(8, gt=0, description="tokens for a verdict or a score")
+    in_eval: bool = Field(True, description="free-text tasks: judge each student against the "
+                                            "teacher on the held-out rows")
 
 
 class PairsConfig(Section):
@@ -400,7 +424,9 @@ class EvalConfig(Section):
     general_prompts: list[GeneralPrompt] | None = Field(
         None, description="forgetting check on the students; None = built-in list"
     )
-    max_tokens: int = Field(16, gt=0, description="answer length for the task prompts")
+    max_tokens: int | None = Field(
+        None, gt=0, description="answer length for the task prompts (None: "
+                                "task.max_answer_tokens, else generate.max_tokens)")
 
 
 class BenchConfig(Section):
@@ -409,7 +435,9 @@ class BenchConfig(Section):
     enabled: bool = True
     requests: int = Field(64, gt=0, description="requests per model and concurrency level")
     concurrency: int = Field(8, gt=0, description="the higher concurrency for throughput")
-    max_tokens: int = Field(16, gt=0, description="completion length per request")
+    max_tokens: int | None = Field(
+        None, gt=0, description="completion length per request (None: the task's answer "
+                                "budget, as eval)")
 
 
 class PriceConfig(Section):
@@ -466,6 +494,7 @@ class RunConfig(Section):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     student: StudentConfig
     sft: SFTConfig = Field(default_factory=SFTConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
@@ -479,6 +508,16 @@ class RunConfig(Section):
     def resolved(self) -> dict[str, Any]:
         """The fully resolved config, defaults filled in, as plain JSON types."""
         return self.model_dump(mode="json")
+
+    @property
+    def answer_tokens(self) -> int:
+        """Tokens a held-out answer may take: `eval.max_tokens`, else the task's answer budget,
+        else what the teacher was allowed when generating."""
+        return self.eval.max_tokens or self.task.max_answer_tokens or self.generate.max_tokens
+
+    @property
+    def bench_tokens(self) -> int:
+        return self.bench.max_tokens or self.answer_tokens
 
     def config_hash(self) -> str:
         blob = json.dumps(self.resolved(), sort_keys=True).encode()
