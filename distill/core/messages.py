@@ -10,15 +10,50 @@ import hashlib
 import json
 
 from distill.core.config import TaskConfig
+from distill.core.errors import DataError
 
 Message = dict[str, str]
 
 
-def _user_turn(task: TaskConfig, instruction: str, text: str) -> str:
-    return task.template.format(instruction=instruction, input=text).strip()
+def encode_input(values: dict[str, str]) -> str:
+    """A row's input when the template names several columns: one JSON object, so every stage
+    (dedup, the fitter, eval, serving) passes one string and the template gets its fields."""
+    return json.dumps(values, ensure_ascii=False)
 
 
-def teacher_messages(task: TaskConfig, text: str, few_shot: bool = True) -> list[Message]:
+def input_values(task: TaskConfig, text: str | dict[str, str]) -> dict[str, str]:
+    """The template's column values for an input (a plain text when it names only {input})."""
+    fields = task.input_fields
+    if isinstance(text, dict):
+        values = text
+    elif fields == ["input"]:
+        return {"input": text}
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError:
+            values = None
+        if not isinstance(values, dict):
+            raise DataError(f"task {task.name!r} reads the columns {fields}: its input must be a "
+                            "JSON object with them, not plain text")
+    missing = [f for f in fields if not isinstance(values.get(f), str)]
+    if missing:
+        raise DataError(f"task {task.name!r}: the input has no text for {missing} "
+                        f"(the template names {fields})")
+    return {f: values[f] for f in fields}
+
+
+def plain_text(task: TaskConfig, text: str) -> str:
+    """The input's words without the JSON around several columns (for similarity and sizes)."""
+    return "\n\n".join(input_values(task, text).values())
+
+
+def _user_turn(task: TaskConfig, instruction: str, text: str | dict[str, str]) -> str:
+    return task.template.format(instruction=instruction, **input_values(task, text)).strip()
+
+
+def teacher_messages(task: TaskConfig, text: str | dict[str, str],
+                     few_shot: bool = True) -> list[Message]:
     """System prompt, few-shot turns, then the instruction with the input.
 
     `few_shot=False` gives the zero-shot prompt an untuned model is evaluated with.
@@ -33,7 +68,7 @@ def teacher_messages(task: TaskConfig, text: str, few_shot: bool = True) -> list
     return messages
 
 
-def student_messages(task: TaskConfig, text: str) -> list[Message]:
+def student_messages(task: TaskConfig, text: str | dict[str, str]) -> list[Message]:
     """The distilled student needs only a short instruction and no few-shot examples."""
     instruction = task.student_instruction or task.instruction
     user: Message = {"role": "user", "content": _user_turn(task, instruction, text)}

@@ -50,6 +50,19 @@ def test_long_inputs_are_cut_to_the_budget_and_short_ones_untouched(tmp_path, sh
     assert fitter.shortened == 1 and fitter.longest_cut > 300
 
 
+def test_several_columns_the_longest_is_cut_the_short_ones_kept_whole(tmp_path):
+    from distill.core.messages import encode_input
+
+    run = build_run(tmp_path / "run",
+                    task={"template": "{instruction}\n\nTitle: {title}\n\nReview: {body}"})
+    fitter = load_fitter(run.cfg, budget=100)
+    text = encode_input({"title": "TITLE7 a short title", "body": long_text(7, 400)})
+    user = fitter.messages(text)[-1]["content"]
+    assert "Title: TITLE7 a short title" in user  # whole
+    assert "HEAD7" in user and "TAIL7" in user and " ... " in user  # the body, middle cut
+    assert fitter.prompt_tokens(fitter.messages(text)) <= 100 and fitter.shortened == 2
+
+
 def test_every_long_example_trains_with_its_whole_answer_in_the_loss(tmp_path):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
