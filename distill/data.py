@@ -22,7 +22,7 @@ from typing import IO, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distill.core.config import PromptsConfig, RunConfig
+from distill.core.config import PromptsConfig, RunConfig, is_pattern
 from distill.core.errors import DataError
 from distill.core.io import write_parquet_atomic
 from distill.core.messages import encode_input, text_id
@@ -141,8 +141,11 @@ SUFFIXES = {"jsonl": (".jsonl", ".json"), "csv": (".csv",), "parquet": (".parque
 
 
 def source_files(cfg: PromptsConfig) -> list[Path]:
-    """The input files: the path itself, or every matching file in a directory (sorted)."""
+    """The input files: the path itself, every matching file in a directory, or the files a
+    pattern (`dir/*.jsonl`) matches (sorted)."""
     path = Path(cfg.path)
+    if is_pattern(str(path)):
+        return sorted(p for p in path.parent.glob(path.name) if p.is_file())
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES[cfg.source])
         if not files:

@@ -131,8 +131,9 @@ class PromptsConfig(Section):
     source: Literal["rotten_tomatoes", "aclsum_references", "jsonl", "csv", "parquet"] = Field(
         "rotten_tomatoes", description="a file format, or a built-in packaged data set")
     path: Path | None = Field(
-        None, description="file or directory of files (not for builtins); package:NAME/sub/dir "
-                          "is a folder inside an installed package (data shipped on PyPI)")
+        None, description="file, directory of files, or a pattern (dir/*.jsonl); not for "
+                          "builtins. package:NAME/sub/dir is a path inside an installed "
+                          "package (data shipped on PyPI)")
     text_field: str = Field("text", description="the column {input} reads; a.b reads a nested "
                                                 "key, and a list of texts is joined")
     label_field: str | None = Field("label", description="the gold answer's column (a.b "
@@ -153,7 +154,10 @@ class PromptsConfig(Section):
     def _path_exists(cls, v: Any) -> Any:
         if isinstance(v, str) and v.startswith(PACKAGE_PREFIX):
             v = package_path(v)
-        if v is not None and not Path(v).exists():
+        if v is not None and is_pattern(str(v)):
+            if not any(Path(v).parent.glob(Path(v).name)):
+                raise ValueError(f"no file matches {v}")
+        elif v is not None and not Path(v).exists():
             raise ValueError(f"file not found: {v}")
         return v
 
@@ -165,6 +169,11 @@ class PromptsConfig(Section):
 
 
 PACKAGE_PREFIX = "package:"
+
+
+def is_pattern(path: str) -> bool:
+    """A file-name pattern (`data/*.jsonl`): only the last part may have wildcards."""
+    return any(c in Path(path).name for c in "*?[")
 FILE_SOURCES = ("jsonl", "csv", "parquet")
 
 
