@@ -445,8 +445,8 @@ def render_markdown(report: dict) -> str:
     lines = [f"# distill report: {report['run_id']}", "", f"**Verdict:** {report['verdict']['text']}",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    if notes := reference_lines(report):
-        lines += ["", *notes]
+    for note in reference_lines(report):
+        lines += ["", note]
     if judged := judge_rows(report):
         lines += ["", "## Judge: student vs teacher", "", judge_sentence(report), "",
                   "| " + " | ".join(JUDGE_HEADER) + " |", "|" + "---|" * len(JUDGE_HEADER)]
