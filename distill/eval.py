@@ -22,7 +22,7 @@ import pyarrow as pa
 from distill import judge, metrics
 from distill.core.config import GeneralPrompt, RunConfig, TaskConfig
 from distill.data import majority_label, read_examples
-from distill.core.errors import StageNotReadyError
+from distill.core.errors import ConfigError, StageNotReadyError
 from distill.curation.labels import canonical_json, normalize_label
 from distill.core.messages import Message, teacher_messages
 from distill.core.io import read_json, write_json_atomic, write_parquet_atomic
@@ -241,6 +241,15 @@ def judge_students(run: Run, examples, answers: dict[str, dict], has_gold: bool)
             "rubric": cfg.judge.rubric, "models": results}
 
 
+def check_judge_key(cfg: RunConfig) -> None:
+    """A judge on an API needs its key: fail now, not after every contender has answered."""
+    from teachers.http_engine import missing_api_keys
+
+    judged = cfg.task.type == "free_text" and cfg.judge.in_eval and cfg.judge.engine
+    if judged and (missing := missing_api_keys(cfg.judge.engine)):
+        raise ConfigError("judge.engine.endpoint.api_key_env", missing)
+
+
 def lazy_judge(cfg: RunConfig, stack: ExitStack) -> judge.Ask:
     """The judge's chat function, its engine opened (into `stack`) on the first call only."""
     reply: judge.Ask | None = None
@@ -262,6 +271,7 @@ def run_eval(run: Run) -> dict:
         raise StageNotReadyError("eval needs prompts/test.parquet: run `distill prompts` first")
     examples = read_examples(test_path)[: cfg.eval.max_examples]
     general = cfg.eval.general_prompts or GENERAL_PROMPTS
+    check_judge_key(cfg)
     everyone = contenders(run)
     answers: dict[str, dict] = {}
     for group in engine_groups(cfg, everyone):

@@ -5,6 +5,7 @@ Pure Python: the judges here are plain functions standing in for a model (each s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from distill import judge, metrics
 from distill.core.config import TaskConfig
 from distill.eval import score, truncated
 
+ROOT = Path(__file__).resolve().parents[2]
 GOLD = json.dumps({"name": "Ann Lee", "amount": 2000, "city": "Paris"})
 SCHEMA = {"type": "object", "required": ["name", "amount"],
           "properties": {"name": {"type": "string"}, "amount": {"type": "number"},
@@ -215,3 +217,80 @@ def test_saved_verdicts_are_not_asked_again(tmp_path):
 
     assert judge.judge_model(changed, counting, None, cache)["win"] == 1.0
     assert len(asked) == 3  # two orders of the changed row, one torn line
+
+
+# --- eval wiring: saved answers, a fake judge, results.json -----------------------------------
+
+
+def _free_text_run(tmp_path, labelled: bool):
+    import yaml
+
+    from distill.core.config import load_config
+    from distill.core.rundir import Run
+    from distill.pipeline import run_stage
+
+    rows = [{"text": f"question {i}", **({"label": f"answer {i}"} if labelled else {})}
+            for i in range(12)]
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    cfg.update(output_dir=str(tmp_path / "run"),
+               prompts={"source": "jsonl", "path": str(src), "test_size": 4,
+                        "label_field": "label" if labelled else None},
+               task={"name": "qa", "type": "free_text", "instruction": "Answer.",
+                     "max_answer_tokens": 16},
+               judge={"rubric": "be right"})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = Run(load_config(path))
+    run_stage(run, "prompts")
+    from distill.data import read_examples
+
+    n = len(read_examples(run.paths.test_prompts))
+    # Saved answers stand in for the models (eval resumes from them: no engine is loaded);
+    # the base student's file has no finish reasons, as one written before they were kept.
+    run.paths.eval_answers("teacher").parent.mkdir(parents=True)
+    run.paths.eval_answers("teacher").write_text(json.dumps(
+        {"task": [f"TEACHER {i}" for i in range(n)], "max_tokens": 16,
+         "finish_reasons": ["length"] + ["stop"] * (n - 1)}))
+    run.paths.eval_answers("student_base").write_text(json.dumps(
+        {"task": [f"STUDENT {i}" for i in range(n)], "general": ["paris"] * 8}))
+    return run, n
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_eval_judges_each_student_and_a_rerun_asks_nothing(tmp_path, monkeypatch, labelled):
+    from distill import eval as evaluate
+
+    run, n = _free_text_run(tmp_path, labelled)
+    asked = []
+
+    def fake_judge(cfg, stack):
+        """Stands in for the judge's engine (no model): prefers the student, records prompts."""
+        def ask(conversations):
+            asked.extend(conversations)
+            return prefers_student(conversations)
+        return ask
+
+    monkeypatch.setattr(evaluate, "lazy_judge", fake_judge)
+    evaluate.run_eval(run)
+    results = json.loads(run.paths.eval_results.read_text())
+    judged = results["judge"]
+    assert list(judged["models"]) == ["student_base"]
+    assert judged["models"]["student_base"]["win"] == 1.0
+    assert judged["reference"] == ("gold" if labelled else "none")
+    assert results["reference"] == ("gold" if labelled else "teacher")
+    assert len(asked) == 2 * n and all("be right" in c[-1]["content"] for c in asked)
+    assert all(("Reference answer" in c[-1]["content"]) == labelled for c in asked)
+    assert results["truncated"]["max_tokens"] == run.cfg.answer_tokens
+    assert results["truncated"]["models"]["teacher"]["cut"] == 1
+    assert results["truncated"]["models"]["student_base"]["cut"] is None
+    assert len(run.paths.eval_judge("student_base").read_text().splitlines()) == 2 * n
+
+    def no_judge(cfg, stack):
+        """Stands in for the judge's engine (no model): fails if a verdict is asked again."""
+        return lambda conversations: pytest.fail("a saved verdict was asked again")
+
+    monkeypatch.setattr(evaluate, "lazy_judge", no_judge)
+    evaluate.run_eval(run)
+    assert json.loads(run.paths.eval_results.read_text())["judge"] == judged
