@@ -230,7 +230,8 @@ def judge_students(run: Run, examples, answers: dict[str, dict], has_gold: bool)
         for name, ans in answers.items():
             if name == "teacher":
                 continue
-            items = [judge.Item(ex.example_id, req, mine, theirs, ref) for ex, req, mine, theirs, ref
+            items = [judge.Item(ex.example_id, req, mine, theirs, ref)
+                     for ex, req, mine, theirs, ref
                      in zip(examples, requests, ans["task"], teacher, refs)]
             results[name] = judge.judge_model(items, ask, cfg.judge.rubric,
                                               run.paths.eval_judge(name), cfg.eval.bootstrap,
