@@ -4,20 +4,25 @@ All four answer the same held-out rows, greedily, through the same engine interf
 scored with the task's metrics and a bootstrap 95% CI. The students also answer a few broad
 prompts, so forgetting shows up next to the task gain. Each contender's answers are saved as
 soon as they exist, so a crash in the middle resumes without re-running the finished ones.
+
+Answers get `cfg.answer_tokens` tokens; those cut at the limit are scored as they are and
+counted per contender ("truncated"), so a low score from a short budget shows. Free-text tasks
+also get a pairwise judge (distill/judge.py): each student against the teacher, both orders.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
 
-from distill import metrics
+from distill import judge, metrics
 from distill.core.config import GeneralPrompt, RunConfig, TaskConfig
 from distill.data import majority_label, read_examples
-from distill.core.errors import StageNotReadyError
+from distill.core.errors import ConfigError, StageNotReadyError
 from distill.curation.labels import canonical_json, normalize_label
 from distill.core.messages import Message, teacher_messages
 from distill.core.io import read_json, write_json_atomic, write_parquet_atomic
@@ -34,7 +39,7 @@ GENERAL_PROMPTS = [
     GeneralPrompt(prompt="What is the opposite of hot?", expect=["cold"]),
     GeneralPrompt(prompt="What do bees make?", expect=["honey"]),
 ]
-MAIN_METRIC = {"classification": "accuracy", "free_text": "rouge_l", "json": "json_valid"}
+MAIN_METRIC = metrics.MAIN_METRIC
 
 
 @dataclass(frozen=True)
@@ -83,23 +88,40 @@ def shortened_inputs(run: Run, stage: str, texts: list[str]) -> int:
 
 def score(task: TaskConfig, answers: list[str], gold: list[str], resamples: int,
           seed: int) -> tuple[dict[str, dict], list]:
-    """The task's metrics with CIs, plus the parsed answers."""
+    """The task's metrics with CIs (each a bootstrap over rows), plus the parsed answers."""
     if task.type == "classification":
         labels = task.labels or []
         parsed = [normalize_label(a, labels) for a in answers]
-        fns = {"accuracy": metrics.accuracy,
-               "macro_f1": lambda p, g: metrics.macro_f1(p, g, labels)}
+        items = {"accuracy": (metrics.accuracy, parsed),
+                 "macro_f1": (lambda p, g: metrics.macro_f1(p, g, labels), parsed)}
     elif task.type == "json":
         parsed = [canonical_json(a) for a in answers]
-        fns = {"json_valid": lambda p, g: sum(x is not None for x in p) / max(len(p), 1),
-               "exact_match": lambda p, g: metrics.accuracy(p, [canonical_json(x) or x
-                                                                 for x in g])}
+        items = json_metric_items(task, answers, gold)
     else:
         parsed = answers
-        fns = {"rouge_l": metrics.mean_rouge_l, "exact_match": metrics.exact_match}
-    scores = {name: metrics.bootstrap(fn, parsed, gold, resamples, seed).to_dict()
-              for name, fn in fns.items()}
+        items = {"rouge_l": (metrics.mean_rouge_l, parsed),
+                 "exact_match": (metrics.exact_match, parsed)}
+    scores = {name: metrics.bootstrap(fn, rows, gold, resamples, seed).to_dict()
+              for name, (fn, rows) in items.items()}
+    if task.type == "json":
+        scores["field_exact"] = metrics.field_exact_match(items["field_f1"][1])
     return scores, parsed
+
+
+def json_metric_items(task: TaskConfig, answers: list[str], gold: list[str]) -> dict[str, tuple]:
+    """JSON metrics as (metric over rows, per-row values): field-level F1 (the main one, with
+    its precision and recall), whole-answer match, JSON and schema validity. Per-row values are
+    computed once, so the bootstrap only re-adds them."""
+    counts = [metrics.field_counts(a, g) for a, g in zip(answers, gold)]
+    valid = [float(metrics.parse_json(a)[0]) for a in answers]
+    in_schema = [float(metrics.schema_valid(a, task.json_schema)) for a in answers]
+    equal = [float(metrics.json_equal(a, g)) for a, g in zip(answers, gold)]
+    return {"field_f1": (lambda c, _: metrics.field_f1_of(c), counts),
+            "field_precision": (lambda c, _: metrics.field_precision_of(c), counts),
+            "field_recall": (lambda c, _: metrics.field_recall_of(c), counts),
+            "exact_match": (metrics.mean, equal),
+            "json_valid": (metrics.mean, valid),
+            "schema_valid": (metrics.mean, in_schema)}
 
 
 def general_ability(answers: list[str], prompts: list[GeneralPrompt]) -> float:
@@ -148,13 +170,15 @@ def _answer_all(run: Run, group: list[Contender], examples,
         for c in todo:
             if c.role == "student" and merged is None:
                 generator.use_adapter(c.adapter)
-            answers = []
+            answers, finished = [], []
             for message_lists, max_tokens in _requests(run.cfg, c, examples, general):
                 sampling = SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens,
                                         seed=run.cfg.seed)
                 completions = generator.generate(message_lists, sampling)
                 answers.append([x.text if x.ok else "" for x in completions])
-            cached[c.name] = dict(zip(("task", "general"), answers))
+                finished.append([x.finish_reason if x.ok else "error" for x in completions])
+            cached[c.name] = {**dict(zip(("task", "general"), answers)),
+                              "finish_reasons": finished[0], "max_tokens": run.cfg.answer_tokens}
             write_json_atomic(run.paths.eval_answers(c.name), cached[c.name])
     return cached
 
@@ -165,12 +189,80 @@ def majority_baseline(run: Run, teacher_parsed: list, gold: list[str]) -> dict:
     cfg = run.cfg
     answer = majority_label(read_examples(run.paths.train_prompts)) or gold[0]
     scores, parsed = score(cfg.task, [answer] * len(gold), gold, cfg.eval.bootstrap, cfg.seed)
-    metric = MAIN_METRIC[cfg.task.type] if cfg.task.type == "classification" else "exact_match"
-    truth = [canonical_json(g) or g for g in gold] if cfg.task.type == "json" else gold
-    teacher_items = [float(a is not None and a == g) for a, g in zip(teacher_parsed, truth)]
-    majority_items = [float(p == g) for p, g in zip(parsed, truth)]
+    metric = MAIN_METRIC[cfg.task.type]
+    if cfg.task.type == "json":  # per-row field F1, compared by a paired bootstrap
+        teacher_items = [metrics.field_f1_of([metrics.field_counts(a, g)])
+                         for a, g in zip(teacher_parsed, gold)]
+        majority_items = [metrics.field_f1_of([metrics.field_counts(answer, g)]) for g in gold]
+    else:
+        teacher_items = [float(a is not None and a == g) for a, g in zip(teacher_parsed, gold)]
+        majority_items = [float(p == g) for p, g in zip(parsed, gold)]
     return {"answer": answer, "metric": metric, metric: scores[metric],
             "teacher_vs_majority": compare(teacher_items, majority_items, cfg.seed).to_dict()}
+
+
+def truncated(cfg: RunConfig, answers: dict[str, dict]) -> dict:
+    """Per contender, the task answers that stopped at the token limit (finish reason
+    "length"): they are scored as they are, and the count is reported next to the metric.
+    None for answers saved before finish reasons were kept."""
+    models = {}
+    for name, ans in answers.items():
+        reasons = ans.get("finish_reasons")
+        models[name] = {"cut": None if reasons is None else sum(r == "length" for r in reasons),
+                        "of": len(ans["task"]), "max_tokens": ans.get("max_tokens")}
+    return {"max_tokens": cfg.answer_tokens, "models": models}
+
+
+def judge_students(run: Run, examples, answers: dict[str, dict], has_gold: bool) -> dict | None:
+    """Free-text tasks (`judge.in_eval`): every student contender against the teacher, by the
+    pairwise judge (distill/judge.py), with the gold answer as reference where there is one.
+    The judge's engine is loaded only when a verdict is not saved yet."""
+    cfg = run.cfg
+    if cfg.task.type != "free_text" or not cfg.judge.in_eval:
+        return None
+    requests = [teacher_messages(cfg.task, ex.text, few_shot=False)[-1]["content"]
+                for ex in examples]
+    refs = [ex.label if has_gold else None for ex in examples]
+    teacher = answers["teacher"]["task"]
+    results = {}
+    with ExitStack() as stack:
+        ask = lazy_judge(cfg, stack)
+        for name, ans in answers.items():
+            if name == "teacher":
+                continue
+            items = [judge.Item(ex.example_id, req, mine, theirs, ref)
+                     for ex, req, mine, theirs, ref
+                     in zip(examples, requests, ans["task"], teacher, refs)]
+            results[name] = judge.judge_model(items, ask, cfg.judge.rubric,
+                                              run.paths.eval_judge(name), cfg.eval.bootstrap,
+                                              cfg.seed)
+    engine = cfg.judge.engine
+    return {"judge": engine.model if engine else f"{cfg.teacher.model} (the teacher)",
+            "against": "teacher", "reference": "gold" if has_gold else "none",
+            "rubric": cfg.judge.rubric, "models": results}
+
+
+def check_judge_key(cfg: RunConfig) -> None:
+    """A judge on an API needs its key: fail now, not after every contender has answered."""
+    from teachers.http_engine import missing_api_keys
+
+    judged = cfg.task.type == "free_text" and cfg.judge.in_eval and cfg.judge.engine
+    if judged and (missing := missing_api_keys(cfg.judge.engine)):
+        raise ConfigError("judge.engine.endpoint.api_key_env", missing)
+
+
+def lazy_judge(cfg: RunConfig, stack: ExitStack) -> judge.Ask:
+    """The judge's chat function, its engine opened (into `stack`) on the first call only."""
+    reply: judge.Ask | None = None
+
+    def ask(conversations):
+        nonlocal reply
+        if reply is None:
+            from distill.engines import chat, open_judge
+
+            reply = chat(stack.enter_context(open_judge(cfg)), cfg.judge.max_tokens, cfg.seed)
+        return reply(conversations)
+    return ask
 
 
 def run_eval(run: Run) -> dict:
@@ -180,6 +272,7 @@ def run_eval(run: Run) -> dict:
         raise StageNotReadyError("eval needs prompts/test.parquet: run `distill prompts` first")
     examples = read_examples(test_path)[: cfg.eval.max_examples]
     general = cfg.eval.general_prompts or GENERAL_PROMPTS
+    check_judge_key(cfg)
     everyone = contenders(run)
     answers: dict[str, dict] = {}
     for group in engine_groups(cfg, everyone):
@@ -194,13 +287,18 @@ def run_eval(run: Run) -> dict:
     for name, ans in answers.items():
         scores, parsed = score(cfg.task, ans["task"], gold, cfg.eval.bootstrap, cfg.seed)
         results[name] = scores
+        finish = ans.get("finish_reasons") or [None] * len(examples)
         rows += [{"example_id": ex.example_id, "model": name, "answer": a, "parsed": p,
-                  "gold": g} for ex, a, p, g in zip(examples, ans["task"], parsed, gold)]
+                  "gold": g, "finish_reason": f}
+                 for ex, a, p, g, f in zip(examples, ans["task"], parsed, gold, finish)]
     write_parquet_atomic(run.paths.eval_predictions, pa.Table.from_pylist(rows))
     general_scores = {name: general_ability(a["general"], general)
                       for name, a in answers.items() if "general" in a}
     summary = {"main_metric": MAIN_METRIC[cfg.task.type], "reference": reference,
-               "examples": len(examples), "models": results, "general_ability": general_scores}
+               "examples": len(examples), "models": results, "general_ability": general_scores,
+               "truncated": truncated(cfg, answers)}
+    if (judged := judge_students(run, examples, answers, reference == "gold")) is not None:
+        summary["judge"] = judged
     tuned = [c.adapter.parent.name for c in everyone if c.adapter is not None]
     if tuned:
         summary["inputs_shortened_for_student"] = shortened_inputs(
@@ -209,6 +307,9 @@ def run_eval(run: Run) -> dict:
         teacher_parsed = [r["parsed"] for r in rows if r["model"] == "teacher"]
         summary["majority_baseline"] = majority_baseline(run, teacher_parsed, gold)
     write_json_atomic(run.paths.eval_results, summary)
+    cut = [m["cut"] for m in summary["truncated"]["models"].values() if m["cut"] is not None]
     return {"examples": len(examples), "main_metric": summary["main_metric"],
             **{name: r[summary["main_metric"]]["value"] for name, r in results.items()},
-            "general_ability": general_scores}
+            "answers_cut": sum(cut), "general_ability": general_scores,
+            **({"judge_wins": {n: m["win"] for n, m in summary["judge"]["models"].items()}}
+               if "judge" in summary else {})}

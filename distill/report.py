@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.core.artifacts import RunPaths
+from distill.metrics import HIGHER_IS_BETTER, MAIN_METRIC
 from distill.core.io import read_json, write_json_atomic, write_text_atomic
 
 MODELS = ("teacher", "student_base", "student_sft", "student_dpo")
@@ -31,7 +32,8 @@ def build_report(run_dir: Path, manifest: dict, quality_bar: float) -> dict[str,
     paths = RunPaths(run_dir)
     evals = _read(paths.eval_results)
     bench = _read(paths.bench_results)
-    main = evals.get("main_metric", "accuracy")
+    task = manifest.get("config", {}).get("task", {})
+    main = evals.get("main_metric") or MAIN_METRIC.get(task.get("type"), "accuracy")
     models: dict[str, dict] = {}
     for name in MODELS:
         quality = evals.get("models", {}).get(name)
@@ -51,8 +53,11 @@ def build_report(run_dir: Path, manifest: dict, quality_bar: float) -> dict[str,
     majority = evals.get("majority_baseline")
     return {
         "run_id": manifest.get("run_id"),
-        "task": manifest.get("config", {}).get("task", {}).get("name"),
+        "task": task.get("name"),
         "main_metric": main,
+        "higher_is_better": HIGHER_IS_BETTER.get(main, True),
+        "reference": evals.get("reference"),
+        "examples": evals.get("examples"),
         "models": models,
         "verdict": verdict(models, main, quality_bar, check, majority),
         "teacher_check": check,
@@ -60,6 +65,8 @@ def build_report(run_dir: Path, manifest: dict, quality_bar: float) -> dict[str,
         "labels": (summaries.get("curate") or {}).get("labels"),
         "funnel": _funnel(summaries, check),
         "general_ability": evals.get("general_ability"),
+        "truncated": evals.get("truncated"),
+        "judge": evals.get("judge"),
         "bench_settings": bench.get("settings"),
         "stage_seconds": {k: v.get("seconds") for k, v in manifest.get("stages", {}).items()},
     }
@@ -206,7 +213,7 @@ def plots(report: dict, bench: dict) -> dict[str, str]:
         if report["verdict"].get("needed"):
             ax.axhline(report["verdict"]["needed"], ls="--", c="k", lw=1, label="quality bar")
             ax.legend(loc="lower right")
-        ax.set_ylabel(f"{metric} (95% CI)")
+        ax.set_ylabel(f"{metric} (95% CI, {_direction(report)})")
         ax.set_ylim(0, 1)
         ax.set_title("Held-out quality")
         ax.tick_params(axis="x", labelsize=8)
@@ -246,6 +253,8 @@ def plots(report: dict, bench: dict) -> dict[str, str]:
             ax.legend(fontsize=8)
             out["quality_vs_cost"] = _png(fig)
             plt.close(fig)
+    if judged := judge_plot(report.get("judge")):
+        out["judge"] = judged
     if labels := label_plot(report.get("labels")):
         out["labels"] = labels
     funnel = [f for f in report["funnel"]
@@ -259,6 +268,30 @@ def plots(report: dict, bench: dict) -> dict[str, str]:
         out["funnel"] = _png(fig)
         plt.close(fig)
     return out
+
+
+def judge_plot(judged: dict | None) -> str | None:
+    """Win / tie / loss of each student against the teacher, as stacked horizontal bars."""
+    models = (judged or {}).get("models") or {}
+    if not models:
+        return None
+    import matplotlib.pyplot as plt
+
+    names = [n for n in MODELS if n in models][::-1]  # top to bottom in the table's order
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.2))
+    left = [0.0] * len(names)
+    for outcome, color in (("win", "#55a868"), ("tie", "#cccccc"), ("loss", "#c44e52")):
+        shares = [models[n][outcome] for n in names]
+        ax.barh([LABELS[n] for n in names], shares, left=left, color=color, label=outcome)
+        left = [a + b for a, b in zip(left, shares)]
+    ax.axvline(0.5, ls=":", c="k", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of held-out rows")
+    ax.set_title("Judge: student vs teacher (both orders)")
+    ax.legend(ncol=3, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.12))
+    png = _png(fig)
+    plt.close(fig)
+    return png
 
 
 def label_plot(labels: dict | None) -> str | None:
@@ -310,14 +343,80 @@ def _metric_cell(row: dict, metric: str) -> str:
     return f"{est['value']:.3f} [{est['ci_low']:.3f}, {est['ci_high']:.3f}]"
 
 
+def _direction(report: dict) -> str:
+    return "higher is better" if report.get("higher_is_better", True) else "lower is better"
+
+
+def _cut_cell(found: dict | None, limit: int | None) -> str:
+    """"3/200": answers cut at the token limit, of all; "unknown" for old saved answers."""
+    if not found:
+        return "n/a"
+    if found.get("cut") is None:
+        return "unknown"
+    cell = f"{found['cut']}/{found['of']}"
+    saved_at = found.get("max_tokens")
+    return cell + (f" (at {saved_at})" if saved_at and saved_at != limit else "")
+
+
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The main table: each model's main metric (with its direction) and, beside it, its
+    answers cut at the token limit; then speed and cost."""
     metric = report["main_metric"]
-    header = ["model", f"{metric} (95% CI)"] + [c[1] for c in COLUMNS]
+    cut = report.get("truncated")
+    header = ["model", f"{metric} (95% CI, {_direction(report)})"]
+    if cut:
+        header.append(f"cut at {cut['max_tokens']} tok")
+    header += [c[1] for c in COLUMNS]
     rows = []
     for name, row in report["models"].items():
-        rows.append([LABELS[name], _metric_cell(row, metric)]
-                    + [_fmt(row.get(k), f) for k, _, f in COLUMNS])
+        cells = [LABELS[name], _metric_cell(row, metric)]
+        if cut:
+            cells.append(_cut_cell(cut["models"].get(name), cut["max_tokens"]))
+        rows.append(cells + [_fmt(row.get(k), f) for k, _, f in COLUMNS])
     return header, rows
+
+
+def reference_lines(report: dict) -> list[str]:
+    """What the main metric was measured against, said plainly, and the cut answers."""
+    metric, n = report["main_metric"], report.get("examples")
+    rows = f"{n} held-out rows" if n else "the held-out rows"
+    lines = []
+    if report.get("reference") == "teacher":
+        lines.append(f"No gold answers for this task: the teacher's answer is the reference. "
+                     f"Every {metric} here measures agreement with the teacher on {rows}, not "
+                     "correctness (the teacher scores 1.0 against itself by construction).")
+    elif report.get("reference") == "gold":
+        lines.append(f"Scored against the gold answers of {rows} ({metric}: "
+                     f"{_direction(report)}).")
+    if cut := report.get("truncated"):
+        counts = ", ".join(f"{LABELS.get(name, name)} {_cut_cell(found, cut['max_tokens'])}"
+                           for name, found in cut["models"].items())
+        lines.append(f"Answers cut at {cut['max_tokens']} tokens (scored as they are, not "
+                     f"dropped): {counts}.")
+    return lines
+
+
+JUDGE_HEADER = ["student", "win", "tie", "loss", "mean score (95% CI)", "n",
+                "unparseable verdicts"]
+
+
+def judge_rows(report: dict) -> list[list[str]]:
+    models = (report.get("judge") or {}).get("models", {})
+    return [[LABELS.get(name, name), f"{j['win']:.1%}", f"{j['tie']:.1%}", f"{j['loss']:.1%}",
+             _metric_cell(j, "score"), str(j["n"]), f"{j['unparseable']}/{j['verdicts']}"]
+            for name, j in models.items()]
+
+
+def judge_sentence(report: dict) -> str:
+    judged = report.get("judge")
+    if not judged:
+        return ""
+    ref = ("with the gold answer as reference" if judged.get("reference") == "gold" else
+           "with no reference answer (no gold: the teacher's answer is one of the two compared)")
+    return (f"Judge {judged['judge']} compares each student with the teacher on every held-out "
+            f"row, {ref}, asked in both orders (A/B, then B/A) so a preferred position cancels. "
+            "Score: the mean over the two orders of win 1, tie 0.5, loss 0 (0.5 = on par with "
+            "the teacher); an unreadable verdict counts as a tie.")
 
 
 def teacher_check_lines(report: dict) -> list[str]:
@@ -346,6 +445,12 @@ def render_markdown(report: dict) -> str:
     lines = [f"# distill report: {report['run_id']}", "", f"**Verdict:** {report['verdict']['text']}",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    for note in reference_lines(report):
+        lines += ["", note]
+    if judged := judge_rows(report):
+        lines += ["", "## Judge: student vs teacher", "", judge_sentence(report), "",
+                  "| " + " | ".join(JUDGE_HEADER) + " |", "|" + "---|" * len(JUDGE_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in judged]
     if check_lines := teacher_check_lines(report):
         lines += ["", "## Teacher check", "", *[f"- {x}" for x in check_lines]]
     if report["funnel"]:
@@ -372,6 +477,8 @@ th:first-child, td:first-child {{ text-align: left; }}
 <div id="verdict" class="verdict {verdict_class}"><b>Verdict:</b> {verdict}</div>
 <h2>Teacher vs student</h2>
 {table}
+{notes}
+{judge}
 <h2>Teacher check</h2>
 <ul>{check}</ul>
 <div class="plots">{images}</div>
@@ -397,6 +504,13 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _judge_html(report: dict) -> str:
+    if not (rows := judge_rows(report)):
+        return ""
+    return (f'<h2 id="judge">Judge: student vs teacher</h2>'
+            f"<p>{html.escape(judge_sentence(report))}</p>{_html_table(JUDGE_HEADER, rows)}")
+
+
 def render_html(report: dict, images: dict[str, str]) -> str:
     header, rows = table_rows(report)
     imgs = "".join(f'<img alt="{name}" src="data:image/png;base64,{data}">'
@@ -408,6 +522,8 @@ def render_html(report: dict, images: dict[str, str]) -> str:
                        verdict=html.escape(report["verdict"]["text"]),
                        verdict_class="pass" if passes else "fail",
                        table=_html_table(header, rows), images=imgs, funnel=funnel,
+                       notes="".join(f"<p>{html.escape(x)}</p>" for x in reference_lines(report)),
+                       judge=_judge_html(report),
                        check="".join(f"<li>{html.escape(x)}</li>"
                                      for x in teacher_check_lines(report)) or "<li>not run</li>")
 

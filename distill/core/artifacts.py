@@ -139,6 +139,10 @@ class RunPaths:
     def eval_answers(self, contender: str) -> Path:
         return self.root / "eval" / f"answers_{contender}.json"
 
+    def eval_judge(self, contender: str) -> Path:
+        """The pairwise judge's prompts and raw verdicts for one student (one line each)."""
+        return self.root / "eval" / "judge" / f"{contender}.jsonl"
+
     @property
     def bench_results(self) -> Path:
         return self.root / "bench" / "results.json"

@@ -26,6 +26,7 @@ LAYER_OF = {
     "distill.core": "core",
     "distill.curation": "libraries", "distill.data": "libraries", "distill.metrics": "libraries",
     "distill.stats": "libraries", "distill.packaged_data": "libraries",
+    "distill.judge": "libraries",
     "distill.engines": "libraries",
     "teachers": "libraries", "teachers.generate": "stages",
     "students": "libraries", "students.sft": "stages", "students.dpo": "stages",

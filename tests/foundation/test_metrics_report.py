@@ -118,3 +118,49 @@ def test_every_verdict_states_the_teacher_against_the_majority_label():
                 "teacher_vs_majority": {"method": "exact McNemar", "p_value": 0.0001}}
     v = verdict(models, "accuracy", 0.95, {"passed": True}, majority)
     assert v["passes"] and "always answering 'positive' scores 0.500 (gap +0.300" in v["text"]
+
+
+def test_free_text_report_has_the_judge_the_reference_and_cut_answers(tmp_path):
+    judged = {"n": 40, "win": 0.25, "tie": 0.5, "loss": 0.25,
+              "counts": {"win": 10, "tie": 20, "loss": 10}, "score": _est(0.5), "verdicts": 80,
+              "unparseable": 3}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text(json.dumps({
+        "main_metric": "rouge_l", "reference": "teacher", "examples": 40,
+        "models": {"teacher": {"rouge_l": _est(0.98)}, "student_sft": {"rouge_l": _est(0.61)}},
+        "truncated": {"max_tokens": 128, "models": {
+            "teacher": {"cut": 0, "of": 40, "max_tokens": 128},
+            "student_sft": {"cut": 7, "of": 40, "max_tokens": 128}}},
+        "judge": {"judge": "packaged:tiny (the teacher)", "against": "teacher",
+                  "reference": "none", "rubric": None, "models": {"student_sft": judged}},
+    }))
+    manifest = {"run_id": "r3", "config": {"task": {"name": "t", "type": "free_text"}}}
+    report = build_report(tmp_path, manifest, 0.95)
+    assert report["main_metric"] == "rouge_l" and report["higher_is_better"]
+    md = render_markdown(report)
+    assert "| model | rouge_l (95% CI, higher is better) | cut at 128 tok |" in md
+    assert "| student SFT | 0.610 [0.590, 0.630] | 7/40 |" in md
+    assert "No gold answers for this task: the teacher's answer is the reference." in md
+    assert "Answers cut at 128 tokens (scored as they are, not dropped): teacher 0/40, " \
+           "student SFT 7/40." in md
+    assert "| student SFT | 25.0% | 50.0% | 25.0% | 0.500 [0.480, 0.520] | 40 | 3/80 |" in md
+    assert "with no reference answer" in md
+    from distill.report import plots
+
+    images = plots(report, {})
+    assert "judge" in images
+    page = render_html(report, images)
+    assert 'id="judge"' in page and "No gold answers for this task" in page
+
+
+def test_json_report_names_field_f1_from_the_task(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text(json.dumps({
+        "reference": "gold", "examples": 10,
+        "models": {"teacher": {"field_f1": _est(0.9)}, "student_dpo": {"field_f1": _est(0.88)}}}))
+    manifest = {"run_id": "r4", "config": {"task": {"name": "t", "type": "json"}}}
+    report = build_report(tmp_path, manifest, 0.95)
+    assert report["main_metric"] == "field_f1" and report["verdict"]["passes"]
+    md = render_markdown(report)
+    assert "field_f1 (95% CI, higher is better)" in md and "cut at" not in md
+    assert "Scored against the gold answers of 10 held-out rows" in md
