@@ -93,10 +93,13 @@ def rule(name: str, task: TaskConfig, key: str = "pairs.rule") -> ExampleScorer:
 # --- the judge -------------------------------------------------------------------------------
 
 
+# Measured on the packaged 0.5B teacher: asked for "one integer from 0 (wrong) to 10
+# (perfect)" it replied "1" to every answer; this wording gets scores that separate on-topic
+# from off-topic answers.
 JUDGE_PROMPT = (
-    "You are grading an answer to a task.\n\nTask input:\n{text}\n\nAnswer:\n{completion}\n\n"
-    "{rubric}Is the answer correct, complete and in the requested format? Reply with one "
-    "integer from 0 (wrong) to 10 (perfect) and nothing else."
+    "Rate how good an answer is, from 0 (wrong or off-topic) to 10 (correct and complete).\n\n"
+    "Task input:\n{text}\n\nAnswer to rate:\n{completion}\n\n{rubric}"
+    "Reply with the score only, a single integer from 0 to 10."
 )
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 

@@ -83,7 +83,7 @@ def test_judge_is_any_callable_and_judge_scorer_parses_replies():
 
     js = JudgeScorer(chat)
     assert js.score_batch([("t", "a"), ("t", "b"), ("t", "c")]) == [0.8, 0.3, 0.0]
-    assert "Answer:\na" in seen[0][0]["content"]
+    assert "Answer to rate:\na" in seen[0][0]["content"]
     assert "What a good answer is" not in seen[0][0]["content"]
     # judge.rubric says what a good answer is; braces in inputs (JSON) are left alone
     JudgeScorer(chat, rubric="Short and polite.").score_batch([("{t}", '{"a": 1}')] * 3)
