@@ -320,7 +320,8 @@ def _target_scores(run: Run, mode: str, rows: list[dict[str, Any]], judge: Score
         values = scorer.score_examples([(r, r["completion"].strip()) for r in rows])
     console.print(f"judge: {scorer.asked} samples scored, {scorer.reused} from the cache")
     return ({r["row_id"]: v for r, v in zip(rows, values)},
-            {"asked": scorer.asked, "reused": scorer.reused, "engine_opened": scorer.judge is not None,
+            {"asked": scorer.asked, "reused": scorer.reused,
+             "engine_opened": scorer.judge is not None,
              "engine": (cfg.judge.engine or cfg.teacher).model})
 
 

@@ -354,7 +354,8 @@ class PairsConfig(Section):
     @model_validator(mode="after")
     def _rule_for_rule_scorer(self) -> PairsConfig:
         if self.scorer == "rule" and self.rule is None:
-            raise ValueError(f"pairs.scorer: rule needs pairs.rule (one of {', '.join(RULE_NAMES)})")
+            raise ValueError(f"pairs.scorer: rule needs pairs.rule (one of "
+                             f"{', '.join(RULE_NAMES)})")
         return self
 
 

@@ -68,7 +68,8 @@ def test_schema_failure_names_the_path_and_message():
     assert bad_year.reason == "json_schema: year: '1999' is not of type 'integer'"
     missing = check_json_answer('{"name": "Matrix"}', SCHEMA)
     assert missing.reason == "json_schema: (root): 'year' is a required property"
-    assert check_json_answer("{'name': 'M', 'year': 1,}", SCHEMA).canonical == '{"name":"M","year":1}'
+    repaired = check_json_answer("{'name': 'M', 'year': 1,}", SCHEMA)
+    assert repaired.canonical == '{"name":"M","year":1}'
 
 
 def test_curate_repairs_json_stores_it_canonical_and_rejects_with_reasons(make_run):
@@ -86,7 +87,8 @@ def test_curate_repairs_json_stores_it_canonical_and_rejects_with_reasons(make_r
     assert train["The Matrix came out in 1999."]["agreement"] == pytest.approx(2 / 3, abs=1e-3)
     rejects = {r["row_id"]: r for r in read(run.paths.rejects)}
     assert rejects[rows[2]["row_id"]]["filter"] == "json_schema"
-    assert rejects[rows[2]["row_id"]]["detail"] == "json_schema: year: '1999' is not of type 'integer'"
+    assert rejects[rows[2]["row_id"]]["detail"] == (
+        "json_schema: year: '1999' is not of type 'integer'")
     assert rejects[rows[3]["row_id"]]["filter"] == "json_invalid"
     funnel = {s["step"]: s for s in summary["funnel"]}
     assert funnel["json repaired"]["dropped"] == 0 and funnel["json repaired"]["in"] == 5
@@ -109,7 +111,8 @@ def test_rule_target_takes_the_best_scored_sample_not_the_majority(make_run):
     [ex] = read(run.paths.curated)
     # exact_format: "Negative." is the bare label (1.0), the majority's answers carry prose (0.5)
     assert (ex["target"], ex["target_by"], ex["target_score"]) == ("negative", "rule", 1.0)
-    assert ex["row_ids"] == [rows[2]["row_id"]] and ex["agreement"] == pytest.approx(1 / 3, abs=1e-3)
+    assert ex["row_ids"] == [rows[2]["row_id"]]
+    assert ex["agreement"] == pytest.approx(1 / 3, abs=1e-3)
     rejects = read(run.paths.rejects)
     assert {r["filter"] for r in rejects} == {"not_chosen"}
     assert "rule scored 0.50; target" in rejects[0]["detail"]
@@ -269,10 +272,12 @@ def test_judge_target_with_the_real_teacher_on_vllm(make_run):
     # the real judge separates answers: the off-topic ones are not the targets
     assert len({c["score"] for c in cache}) > 1
     train = read(run.paths.curated)
-    assert len(train) == 2 and not {"Banana.", "The weather is nice."} & {e["target"] for e in train}
+    assert len(train) == 2
+    assert not {"Banana.", "The weather is nice."} & {e["target"] for e in train}
     for ex in train:
         assert ex["target_by"] == "judge" and ex["target_score"] == best[ex["example_id"]]
-        assert ex["target"] in {r["completion"] for r in rows if r["example_id"] == ex["example_id"]}
+        answers = {r["completion"] for r in rows if r["example_id"] == ex["example_id"]}
+        assert ex["target"] in answers
 
     again = run_curate(run)  # same judge, same samples: all from the cache, no engine
     assert again["target"]["judge"] == {**judge, "asked": 0, "reused": 6, "engine_opened": False}
