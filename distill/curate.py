@@ -292,10 +292,9 @@ def _json_step(cfg, rows: list[dict[str, Any]], rejects: list[Rejected],
     n_in = len(rows)
     kept, rej, stats = repair_json_rows(rows, cfg.task, cfg.curate.filters.require_valid_answer)
     rejects += rej
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(stats.repaired.items()))
     funnel.add("json repaired", "rows", n_in, 0,
-               note=f"{stats.rows_repaired} repaired: " + ", ".join(
-                   f"{k} {v}" for k, v in sorted(stats.repaired.items())) if stats.rows_repaired
-               else "")
+               note=f"{stats.rows_repaired} repaired: {kinds}" if stats.rows_repaired else "")
     funnel.add("json rejected", "rows", n_in, len(rej),
                note=", ".join(f"{k} {v}" for k, v in sorted(stats.rejected.items())))
     return kept, {"rows_in": n_in, "repaired": stats.rows_repaired,
