@@ -1,9 +1,11 @@
 """The curate stage: teacher completions -> the SFT training set, with every drop explained.
 
-Order: row filters -> agreement vote (per example) -> label collapse watch -> exact dedup ->
-near dedup -> decontam -> gold (where prompts carry gold).
+Order: row filters -> JSON repair (json tasks) -> target choice (per example: vote, medoid,
+judge or rule) -> label collapse watch -> exact dedup -> near dedup -> decontam -> gold (where
+prompts carry gold).
 Outputs (all written tmp-then-rename, nothing partial on failure):
-    curate/train.parquet    example_id, text, label, target, row_ids, agreement
+    curate/train.parquet    example_id, text, label, target, row_ids, agreement, target_by,
+                            target_score
     curate/rejects.parquet  row_id, example_id, filter, detail   (every input row not in a
                             train row's row_ids is here, with the filter that dropped it)
 The kept examples are added to the persistent dedup index, so a later refresh pointing at the
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,9 @@ from rich.table import Table
 from distill.core.errors import DataError, StageNotReadyError
 from distill.core.io import atomic_outputs
 from distill.core.ray_init import ensure_ray
-from distill.curation.filters import Example, Rejected, apply_row_filters, build_row_filters, vote_all
+from distill.curation.filters import (Example, Rejected, apply_row_filters, build_row_filters,
+                                     repair_json_rows, target_mode, vote_all)
+from distill.curation.scorers import Scorer, open_judge_scorer, rule
 from distill.core.rundir import Run
 from distill.curation.collapse import check_labels, enforce, label_counts
 from distill.curation.labels import canonical_json
@@ -111,7 +116,8 @@ def read_test_texts(run: Run) -> list[str]:
 # --- output ----------------------------------------------------------------------------------
 
 
-TRAIN_SCHEMA_FIELDS = ("example_id", "text", "label", "target", "row_ids", "agreement")
+TRAIN_SCHEMA_FIELDS = ("example_id", "text", "label", "target", "row_ids", "agreement",
+                       "target_by", "target_score")
 
 
 def _write_train(examples: list[Example], path: Path) -> None:
@@ -120,7 +126,8 @@ def _write_train(examples: list[Example], path: Path) -> None:
 
     schema = pa.schema([("example_id", pa.string()), ("text", pa.string()), ("label", pa.string()),
                         ("target", pa.string()), ("row_ids", pa.list_(pa.string())),
-                        ("agreement", pa.float64())])
+                        ("agreement", pa.float64()), ("target_by", pa.string()),
+                        ("target_score", pa.float64())])
     pq.write_table(pa.Table.from_pylist([e.as_row() for e in examples], schema=schema), path)
 
 
@@ -180,7 +187,9 @@ class Funnel:
         return t
 
 
-def run_curate(run: Run) -> dict[str, Any]:
+def run_curate(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
+    """`judge`: a callable (text, completion) -> score that replaces the `judge:` engine for
+    `curate.target: judge` (library use and tests)."""
     cfg = run.cfg
     rows = read_generate_rows(run)
     test_texts = read_test_texts(run) if cfg.curate.decontam.enabled else []
@@ -197,15 +206,28 @@ def run_curate(run: Run) -> dict[str, Any]:
         filter_counts.update(counts)
         funnel.add(f"filter: {f.name}", "rows", n_in, counts[f.name])
 
-    # 2. agreement vote over the n samples of each example
+    # 1b. JSON answers repaired (stored canonical) or rejected with the reason
+    json_summary = None
+    if cfg.task.type == "json":
+        kept_rows, json_summary = _json_step(cfg, kept_rows, rejects, funnel)
+
+    # 2. the target of each example from its n samples: vote, medoid, judge or rule
     n_by_example = Counter(r["example_id"] for r in rows)
-    examples, rej = vote_all(kept_rows, n_by_example, cfg.task, cfg.curate.filters.min_agreement)
+    mode = target_mode(cfg.task, cfg.curate.target)
+    scores, judge_summary = _target_scores(run, mode, kept_rows, judge)
+    examples, rej = vote_all(kept_rows, n_by_example, cfg.task, cfg.curate.filters.min_agreement,
+                             mode, scores)
     rejects += rej
     vote_counts = Counter(r.filter for r in rej)
     n_examples_in = len({r["example_id"] for r in kept_rows})
     n_after_vote = len(examples)
-    funnel.add("vote: agreement", "examples", n_examples_in, n_examples_in - len(examples),
+    funnel.add("vote: agreement" if mode == "vote" else f"target: {mode}", "examples",
+               n_examples_in, n_examples_in - len(examples),
                note=", ".join(f"{k} rows {v}" for k, v in sorted(vote_counts.items())))
+    target_summary = {"mode": mode, "configured": cfg.curate.target,
+                      "mean_score": _mean([e.target_score for e in examples]),
+                      "rule": cfg.curate.target_rule if mode == "rule" else None,
+                      "judge": judge_summary}
 
     # 3. the teacher's labels against the gold (or the prior): collapse
     labels_summary = _watch_labels(cfg, examples)
@@ -241,8 +263,11 @@ def run_curate(run: Run) -> dict[str, Any]:
         "examples_in": len(n_by_example),
         "filters": filter_counts,
         "rows_after_filters": len(kept_rows),
+        "json": json_summary,
         "vote": {"examples_in": n_examples_in, "examples_kept": n_after_vote,
                  "rows_dropped": dict(vote_counts)},
+        "target": {**target_summary, "examples_out": len(examples),
+                   "by": dict(Counter(e.target_by for e in examples))},
         "gold": gold_summary,
         "labels": labels_summary,
         "dedup": dedup_summary,
@@ -258,6 +283,45 @@ def run_curate(run: Run) -> dict[str, Any]:
         labels_summary["kept"] = label_counts([e.target for e in examples], cfg.task.labels or [])
     console.print(funnel.table(f"curation funnel: {len(rows)} rows -> {len(examples)} examples"))
     return summary
+
+
+def _json_step(cfg, rows: list[dict[str, Any]], rejects: list[Rejected],
+               funnel: Funnel) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Repair each JSON sample where safe, or reject it with the reason (unless
+    `curate.filters.require_valid_answer: false`); two funnel rows, repaired and rejected."""
+    n_in = len(rows)
+    kept, rej, stats = repair_json_rows(rows, cfg.task, cfg.curate.filters.require_valid_answer)
+    rejects += rej
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(stats.repaired.items()))
+    funnel.add("json repaired", "rows", n_in, 0,
+               note=f"{stats.rows_repaired} repaired: {kinds}" if stats.rows_repaired else "")
+    funnel.add("json rejected", "rows", n_in, len(rej),
+               note=", ".join(f"{k} {v}" for k, v in sorted(stats.rejected.items())))
+    return kept, {"rows_in": n_in, "repaired": stats.rows_repaired,
+                  "repairs": dict(stats.repaired), "rejected": len(rej),
+                  "rejected_by": dict(stats.rejected)}
+
+
+def _target_scores(run: Run, mode: str, rows: list[dict[str, Any]], judge: Scorer | None
+                   ) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
+    """Every sample's score by row_id for `curate.target: judge|rule` (None for vote/medoid).
+
+    The judge engine is opened once for the whole run (only if a score is not in the run's
+    cache, which `distill pairs` reuses) and closed here; it scores the samples in one batch."""
+    cfg = run.cfg
+    if mode == "rule":
+        score = rule(cfg.curate.target_rule, cfg.task, "curate.target_rule")
+        return {r["row_id"]: score(r, r["completion"].strip()) for r in rows}, None
+    if mode != "judge":
+        return None, None
+    with ExitStack() as engines:
+        scorer = open_judge_scorer(cfg, engines, run.paths.judge_scores, judge)
+        values = scorer.score_examples([(r, r["completion"].strip()) for r in rows])
+    console.print(f"judge: {scorer.asked} samples scored, {scorer.reused} from the cache")
+    return ({r["row_id"]: v for r, v in zip(rows, values)},
+            {"asked": scorer.asked, "reused": scorer.reused,
+             "engine_opened": scorer.judge is not None,
+             "engine": (cfg.judge.engine or cfg.teacher).model})
 
 
 def _watch_labels(cfg, examples: list[Example]) -> dict[str, Any] | None:

@@ -1,12 +1,16 @@
 """Preference pairs for DPO: (prompt, chosen, rejected) with a minimum score margin.
 
 Every teacher sample of a curated example is scored; the best and worst distinct answers make
-a pair when their scores differ by at least `pairs.min_margin` (ties are dropped). Scorers:
+a pair when their scores differ by at least `pairs.min_margin` (ties are dropped). Scorers
+(distill/curation/scorers.py, shared with curate's target choice):
 - verifier: 1 if the answer equals the reference (gold label when present, else the majority
   vote in curate/train.parquet), else 0 (json: 0.25 for valid JSON that differs);
-- judge: a callable (text, completion) -> score in [0, 1]; `build_judge` makes one from the
-  teacher on vLLM with a rubric prompt, and any callable can be passed to `make_pairs`;
+- judge: the `judge:` section's LLM judge (any backend), or any callable (text, completion) ->
+  score in [0, 1]; scores are cached by (example_id, completion) in the run dir, so what
+  `curate.target: judge` asked is not asked again;
 - rule: a built-in rule by name (`RULES`).
+JSON answers are compared repaired and canonical (as curate stores them) with
+`pairs.normalize_answers`, so the chosen side looks like an SFT target.
 Classification tasks where all samples agree would give no pair; `synthesize_rejected` then
 pairs the answer with a wrong label from the label set (origin "label_swap"). On-policy pairs
 (rejected = the student's own wrong answer) come from `make_on_policy_pairs`.
@@ -25,132 +29,32 @@ from rich.console import Console
 from distill.core.config import PairsConfig, TaskConfig
 from distill.core.errors import ConfigError, StageNotReadyError
 from distill.core.io import write_parquet_atomic
-from distill.curation.labels import canonical_json, normalize_label
 from distill.core.rundir import Run
+from distill.curation.json_repair import repair_json
+from distill.curation.labels import normalize_label
+from distill.curation.scorers import (  # noqa: F401  (RULES, JudgeScorer: the public API)
+    RULES, CachedJudge, ExampleScorer, JudgeScorer, Scorer, open_judge_scorer, reference, rule,
+    verifier)
 
 console = Console()
-
-Scorer = Callable[[str, str], float]  # (prompt text, completion) -> score; the judge API
-ExampleScorer = Callable[[dict[str, Any], str], float]  # (example row, completion) -> score
 
 PAIR_COLUMNS = ("example_id", "text", "chosen", "rejected", "chosen_score", "rejected_score",
                 "margin", "origin")
 
 
-# --- scorers ---------------------------------------------------------------------------------
+# --- scorers (distill/curation/scorers.py; re-exported for library users) -------------------
 
 
-def reference(example: dict[str, Any]) -> str | None:
-    """What a verifier checks against: the gold label if known, else the curated target."""
-    return example.get("label") or example.get("target")
-
-
-def verifier(task: TaskConfig) -> ExampleScorer:
-    if task.type == "free_text":
-        raise ConfigError("config", ["pairs.scorer: verifier needs a classification or json task; "
-                                     "use judge or rule for free text"])
-    if task.type == "classification":
-        labels = list(task.labels or [])
-
-        def score_label(example: dict[str, Any], completion: str) -> float:
-            ref = normalize_label(reference(example), labels)
-            return float(ref is not None and normalize_label(completion, labels) == ref)
-        return score_label
-
-    def score_json(example: dict[str, Any], completion: str) -> float:
-        got = canonical_json(completion)
-        if got is None:
-            return 0.0
-        return 1.0 if got == canonical_json(reference(example) or "") else 0.25
-    return score_json
-
-
-def _rule_valid_answer(task: TaskConfig) -> ExampleScorer:
-    def score(example: dict[str, Any], completion: str) -> float:
-        if task.type == "classification":
-            return float(normalize_label(completion, task.labels or []) is not None)
-        if task.type == "json":
-            return float(canonical_json(completion) is not None)
-        return float(bool(completion.strip()))
-    return score
-
-
-def _rule_exact_format(task: TaskConfig) -> ExampleScorer:
-    """1: the answer and nothing else; 0.5: a valid answer with extra text; 0: no answer."""
-    valid = _rule_valid_answer(task)
-
-    def score(example: dict[str, Any], completion: str) -> float:
-        if not valid(example, completion):
-            return 0.0
-        bare = completion.strip().strip(".!").casefold()
-        if task.type == "classification":
-            return 1.0 if bare in {label.casefold() for label in task.labels or []} else 0.5
-        return 1.0 if task.type == "json" else 0.5
-    return score
-
-
-RULES: dict[str, Callable[[TaskConfig], ExampleScorer]] = {
-    "valid_answer": _rule_valid_answer,
-    "exact_format": _rule_exact_format,
-}
-
-DEFAULT_RUBRIC = (
-    "You are grading an answer to a task.\n\nTask input:\n{text}\n\nAnswer:\n{completion}\n\n"
-    "Is the answer correct, complete and in the requested format? Reply with one integer from "
-    "0 (wrong) to 10 (perfect) and nothing else."
-)
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-class JudgeScorer:
-    """Teacher-as-judge: renders the rubric, asks `chat`, parses the first number / 10.
-
-    `chat` takes a list of chat-message lists and returns one reply text each, so a batch of
-    completions is judged in one engine call.
-    """
-
-    def __init__(self, chat: Callable[[list[list[dict[str, str]]]], list[str]],
-                 rubric: str | None = None, scale: float = 10.0):
-        self.chat = chat
-        self.rubric = rubric or DEFAULT_RUBRIC
-        self.scale = scale
-        if "{completion}" not in self.rubric:
-            raise ConfigError("config", ["pairs.judge_rubric must contain {completion}"])
-
-    def messages(self, text: str, completion: str) -> list[dict[str, str]]:
-        return [{"role": "user", "content": self.rubric.format(text=text, completion=completion)}]
-
-    def parse(self, reply: str) -> float:
-        m = _NUMBER.search(reply or "")
-        return min(max(float(m.group(0)) / self.scale, 0.0), 1.0) if m else 0.0
-
-    def score_batch(self, items: Sequence[tuple[str, str]]) -> list[float]:
-        replies = self.chat([self.messages(t, c) for t, c in items])
-        return [self.parse(r) for r in replies]
-
-    def __call__(self, text: str, completion: str) -> float:
-        return self.score_batch([(text, completion)])[0]
-
-
-def build_judge(run: Run, engines: ExitStack) -> JudgeScorer:
-    """The teacher as judge through its configured backend (the engine builder's), loaded only
-    when `pairs.scorer: judge`; `engines` closes it when the pairs are made."""
-    from distill.engines import chat, open_teacher
-
-    teacher = engines.enter_context(open_teacher(run.cfg))
-    return JudgeScorer(chat(teacher, run.cfg.pairs.judge_max_tokens, run.cfg.seed),
-                       run.cfg.pairs.judge_rubric)
-
-
-def example_scorer(cfg: PairsConfig, task: TaskConfig, judge: Scorer | None = None) -> ExampleScorer:
+def example_scorer(cfg: PairsConfig, task: TaskConfig, judge: Scorer | ExampleScorer | None = None
+                   ) -> ExampleScorer:
     if cfg.scorer == "verifier":
         return verifier(task)
     if cfg.scorer == "rule":
-        if cfg.rule not in RULES:
-            raise ConfigError("config", [f"pairs.rule: {cfg.rule!r} is not one of {sorted(RULES)}"])
-        return RULES[cfg.rule](task)
+        return rule(cfg.rule, task)
     if judge is None:
         raise ConfigError("config", ["pairs.scorer: judge needs a judge callable"])
+    if isinstance(judge, CachedJudge):
+        return judge
     return lambda example, completion: judge(example["text"], completion)
 
 
@@ -299,21 +203,37 @@ def length_bias(pairs: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+BatchScore = Callable[[list[tuple[dict[str, Any], str]]], list[float]]  # (example, completion)s
+
+
 def make_pairs(examples: Sequence[dict[str, Any]], samples: dict[str, list[str]], task: TaskConfig,
-               cfg: PairsConfig, score: ExampleScorer,
-               batch_score: Callable[[list[tuple[str, str]]], list[float]] | None = None
+               cfg: PairsConfig, score: ExampleScorer, batch_score: BatchScore | None = None
                ) -> tuple[list[dict[str, Any]], PairStats]:
-    """Teacher pairs for every example from its samples (example_id -> completions)."""
+    """Teacher pairs for every example from its samples (example_id -> completions).
+
+    `batch_score` (the judge) scores every sample of every example in one call."""
     stats = PairStats()
+    items = [(ex, c) for ex in examples for c in samples.get(ex["example_id"], [])]
+    if batch_score is not None:
+        flat = iter(batch_score(items))
+    else:
+        flat = iter([score(ex, c) for ex, c in items])
     pairs: list[dict[str, Any]] = []
     for ex in examples:
         comps = samples.get(ex["example_id"], [])
-        if batch_score is not None:
-            scores = batch_score([(ex["text"], c) for c in comps])
-        else:
-            scores = [score(ex, c) for c in comps]
+        scores = [next(flat) for _ in comps]
         pairs += pairs_for_example(ex, comps, scores, task, cfg, score, stats)
     return pairs, stats
+
+
+def prepare_completion(completion: str, task: TaskConfig, cfg: PairsConfig) -> str:
+    """A sample as pairs score and show it: stripped; JSON repaired and canonical (when it can
+    be) with `normalize_answers`, as curate stored the targets. The judge's cache is keyed on
+    this form, so curate's scores are found again."""
+    text = completion.strip()
+    if task.type == "json" and cfg.normalize_answers:
+        return repair_json(text).canonical or text
+    return text
 
 
 # --- the stage -------------------------------------------------------------------------------
@@ -350,15 +270,16 @@ def run_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
     samples: dict[str, list[str]] = {}
     rows = read_generate_rows(run)
     for row in rows:
-        samples.setdefault(row["example_id"], []).append(row["completion"])
+        samples.setdefault(row["example_id"], []).append(
+            prepare_completion(row["completion"], task, cfg))
     examples += gold_rejected(run, rows)
     batch_score = None
+    judged = None
     with ExitStack() as engines:
-        if cfg.scorer == "judge" and judge is None:
-            judge = build_judge(run, engines)
-        if cfg.scorer == "judge" and hasattr(judge, "score_batch"):
-            batch_score = judge.score_batch
-        score = example_scorer(cfg, task, judge)
+        if cfg.scorer == "judge":
+            judged = open_judge_scorer(run.cfg, engines, run.paths.judge_scores, judge)
+            batch_score = judged.score_examples
+        score = example_scorer(cfg, task, judged)
         pairs, stats = make_pairs(examples, samples, task, cfg, score, batch_score)
 
     schema = pa.schema([(c, pa.float64() if c.endswith("score") or c == "margin" else pa.string())
@@ -371,6 +292,8 @@ def run_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
         "ties_dropped": stats.ties, "below_margin": stats.below_margin,
         "length_bias": length_bias(pairs),
     }
+    if judged is not None:
+        summary["judge"] = {"asked": judged.asked, "reused": judged.reused}
     console.print(f"pairs: {len(pairs)} from {stats.examples} examples "
                   f"(teacher {stats.teacher}, label_swap {stats.label_swap}; ties {stats.ties}, "
                   f"below margin {stats.below_margin}); length bias "

@@ -81,6 +81,12 @@ class RunPaths:
         return self.root / "curate" / "rejects.parquet"
 
     @property
+    def judge_scores(self) -> Path:
+        """The pointwise judge's scores by (example_id, completion): curate writes what it
+        asks, pairs reuses them (distill/curation/scorers.py JudgeCache)."""
+        return self.root / "curate" / "judge_scores.jsonl"
+
+    @property
     def pairs(self) -> Path:
         return self.root / "pairs" / "pairs.parquet"
 

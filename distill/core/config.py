@@ -283,6 +283,17 @@ class CheckConfig(Section):
 # --- curation ------------------------------------------------------------------------------
 
 
+# The built-in rule scorers (distill/curation/scorers.py RULES, which a test keeps equal to
+# this): named here so that a config naming another fails when it is loaded.
+RULE_NAMES = ("valid_answer", "exact_format")
+
+
+def _check_rule(name: str | None) -> str | None:
+    if name is not None and name not in RULE_NAMES:
+        raise ValueError(f"unknown rule {name!r}: the built-in rules are {', '.join(RULE_NAMES)}")
+    return name
+
+
 class FiltersConfig(Section):
     min_chars: int | None = Field(None, ge=0)
     max_chars: int | None = Field(None, gt=0)
@@ -353,7 +364,24 @@ class CurateConfig(Section):
                             "majority answer), medoid (the most central text), judge (the "
                             "judge's best), rule (`target_rule`'s best); auto: vote for "
                             "classification and JSON, medoid for free text")
-    target_rule: str | None = Field(None, description="target: rule: a built-in rule's name")
+    target_rule: str | None = Field(None, description="target: rule: a built-in rule's name "
+                                                      "(valid_answer, exact_format)")
+
+    @field_validator("target_rule")
+    @classmethod
+    def _known_rule(cls, v: str | None) -> str | None:
+        return _check_rule(v)
+
+    @model_validator(mode="after")
+    def _rule_with_target(self) -> CurateConfig:
+        # Unused, target_rule would validate and do nothing; missing, `rule` has no rule.
+        if self.target == "rule" and self.target_rule is None:
+            raise ValueError(f"curate.target: rule needs curate.target_rule (one of "
+                             f"{', '.join(RULE_NAMES)})")
+        if self.target != "rule" and self.target_rule is not None:
+            raise ValueError(f"curate.target_rule is only used with curate.target: rule "
+                             f"(target is {self.target})")
+        return self
 
 
 class JudgeConfig(Section):
@@ -375,14 +403,25 @@ class PairsConfig(Section):
     scorer: Literal["verifier", "judge", "rule"] = "verifier"
     min_margin: float = Field(0.5, ge=0)
     max_pairs_per_prompt: int = Field(1, gt=0)
-    judge_rubric: str | None = None
-    rule: str | None = Field(None, description="rule scorer: name of a built-in rule")
+    rule: str | None = Field(None, description="rule scorer: name of a built-in rule "
+                                               "(valid_answer, exact_format)")
     synthesize_rejected: bool = Field(
         True, description="classification: when every sample is right, reject a wrong label "
         "(origin label_swap)")
     normalize_answers: bool = Field(
         True, description="classification: chosen/rejected as normalised labels, like SFT targets")
-    judge_max_tokens: int = Field(8, gt=0, description="judge scorer: tokens for the score")
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, v: str | None) -> str | None:
+        return _check_rule(v)
+
+    @model_validator(mode="after")
+    def _rule_for_rule_scorer(self) -> PairsConfig:
+        if self.scorer == "rule" and self.rule is None:
+            raise ValueError(f"pairs.scorer: rule needs pairs.rule (one of "
+                             f"{', '.join(RULE_NAMES)})")
+        return self
 
 
 # --- student -------------------------------------------------------------------------------
@@ -647,6 +686,13 @@ def _describe(err: dict) -> str:
 # Sections renamed so that each command's section carries the command's name.
 RENAMED_SECTIONS = {"data": "prompts", "generation": "generate", "filters": "curate.filters",
                     "dedup": "curate.dedup", "decontam": "curate.decontam"}
+# Keys moved to another section: old dotted path -> (new path, why).
+MOVED_KEYS = {
+    "pairs.judge_rubric": ("judge.rubric", "one judge serves curate, pairs and eval; the rubric "
+                                           "now says what a good answer is, the prompt around "
+                                           "it is built in"),
+    "pairs.judge_max_tokens": ("judge.max_tokens", "one judge serves curate, pairs and eval"),
+}
 
 
 def _renamed(data: dict, lines: dict[tuple, int]) -> list[str]:
@@ -657,6 +703,12 @@ def _renamed(data: dict, lines: dict[tuple, int]) -> list[str]:
             where = f"line {line}: " if line else ""
             problems.append(f"{where}{old}: this section is now `{new}` (each command's section "
                             "has the command's name)")
+    for old, (new, why) in MOVED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            line = lines.get((section, key))
+            where = f"line {line}: " if line else ""
+            problems.append(f"{where}{old}: this key is now `{new}` ({why})")
     return problems
 
 

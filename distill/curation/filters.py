@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterable
 
 from distill.core.config import FiltersConfig, TaskConfig
 from distill.core.errors import ConfigError
-from distill.curation.labels import canonical_json, majority_vote, normalize_label, validate_json
+from distill.curation.json_repair import check_json_answer
+from distill.curation.labels import canonical_json, majority_vote, normalize_label
 
 Row = dict[str, Any]
 # A row filter returns None to keep the row, or the reason it is dropped.
@@ -104,7 +105,8 @@ def build_row_filters(cfg: FiltersConfig, task: TaskConfig) -> list[RowFilter]:
     if cfg.drop_refusals:
         patterns = DEFAULT_REFUSAL_PATTERNS if cfg.refusal_patterns is None else cfg.refusal_patterns
         filters.append(RowFilter("refusal", _first_match(_compile(patterns, "curate.filters.refusal_patterns"))))
-    if cfg.require_valid_answer and task.type != "free_text":
+    # JSON answers are repaired or rejected with their reason by `repair_json_rows`, next.
+    if cfg.require_valid_answer and task.type == "classification":
         filters.append(RowFilter("invalid_answer", _answer_check(task)))
     return filters
 
@@ -120,18 +122,45 @@ def _first_match(patterns: list[re.Pattern]) -> RowCheck:
 
 
 def _answer_check(task: TaskConfig) -> RowCheck:
-    if task.type == "classification":
-        labels = list(task.labels or [])
+    labels = list(task.labels or [])
 
-        def check_label(row: Row) -> str | None:
-            if normalize_label(row["completion"], labels) is None:
-                return f"no label of {labels} in {(row['completion'] or '')[:80]!r}"
-            return None
-        return check_label
+    def check_label(row: Row) -> str | None:
+        if normalize_label(row["completion"], labels) is None:
+            return f"no label of {labels} in {(row['completion'] or '')[:80]!r}"
+        return None
+    return check_label
 
-    def check_json(row: Row) -> str | None:
-        return validate_json(row["completion"] or "", task.json_schema)
-    return check_json
+
+@dataclass
+class JsonStats:
+    repaired: Counter = field(default_factory=Counter)  # repair kind -> rows
+    rejected: Counter = field(default_factory=Counter)  # json_invalid / json_schema -> rows
+    rows_repaired: int = 0
+
+
+def repair_json_rows(rows: list[Row], task: TaskConfig,
+                     reject: bool = True) -> tuple[list[Row], list[Rejected], JsonStats]:
+    """JSON tasks: each sample repaired where safe and stored canonical, or rejected with the
+    reason (`json_invalid: ...`, `json_schema: <path>: <message>`). With `reject` False
+    (`curate.filters.require_valid_answer: false`) unusable samples stay as they are."""
+    stats = JsonStats()
+    kept: list[Row] = []
+    rejected: list[Rejected] = []
+    for row in rows:
+        answer = check_json_answer(row["completion"] or "", task.json_schema)
+        if answer.canonical is None:
+            if reject:
+                stats.rejected[answer.reason.split(":")[0]] += 1
+                rejected.append(Rejected(row["row_id"], row["example_id"],
+                                         answer.reason.split(":")[0], answer.reason))
+            else:
+                kept.append(row)
+            continue
+        if answer.repaired:
+            stats.rows_repaired += 1
+            stats.repaired.update(answer.repairs)
+        kept.append({**row, "completion": answer.canonical})
+    return kept, rejected, stats
 
 
 def apply_row_filters(
@@ -158,7 +187,9 @@ def apply_row_filters(
 
 @dataclass
 class Example:
-    """One training example after the vote: the answer the student learns, and its lineage."""
+    """One training example after the target choice: the answer the student learns, its
+    lineage, and how it was chosen (`target_by`: vote, medoid, judge or rule; `target_score`:
+    that choice's measure: vote share, mean similarity, judge or rule score)."""
 
     example_id: str
     text: str
@@ -167,10 +198,13 @@ class Example:
     row_ids: list[str]
     agreement: float | None
     completions: list[str] = field(default_factory=list)  # the supporting raw completions
+    target_by: str = "vote"
+    target_score: float | None = None
 
     def as_row(self) -> dict[str, Any]:
         return {"example_id": self.example_id, "text": self.text, "label": self.label,
-                "target": self.target, "row_ids": self.row_ids, "agreement": self.agreement}
+                "target": self.target, "row_ids": self.row_ids, "agreement": self.agreement,
+                "target_by": self.target_by, "target_score": self.target_score}
 
 
 def answer_key(task: TaskConfig, completion: str) -> str | None:
@@ -182,48 +216,95 @@ def answer_key(task: TaskConfig, completion: str) -> str | None:
     return completion.strip()
 
 
+def target_mode(task: TaskConfig, target: str) -> str:
+    """`curate.target` resolved: auto is the vote for labels and JSON, the medoid for text."""
+    if target == "auto":
+        return "medoid" if task.type == "free_text" else "vote"
+    return target
+
+
 def _word_set(text: str) -> set[str]:
     return set(text.casefold().split())
 
 
-def _medoid(completions: list[str]) -> tuple[int, float | None]:
-    """The sample most similar (word Jaccard) to the others, and its mean similarity."""
+def _similarities(completions: list[str]) -> list[float | None]:
+    """Each sample's mean word Jaccard to the others (None for a lone sample)."""
     if len(completions) == 1:
-        return 0, None
+        return [None]
     sets = [_word_set(c) for c in completions]
-    best, best_score = 0, -1.0
+    out: list[float | None] = []
     for i, a in enumerate(sets):
         sims = [len(a & b) / len(a | b) if a | b else 1.0 for j, b in enumerate(sets) if j != i]
-        score = sum(sims) / len(sims)
-        if score > best_score:
-            best, best_score = i, score
-    return best, best_score
+        out.append(sum(sims) / len(sims))
+    return out
+
+
+def _medoid(completions: list[str]) -> tuple[int, float | None]:
+    """The sample most similar (word Jaccard) to the others, and its mean similarity."""
+    sims = _similarities(completions)
+    best = max(range(len(sims)), key=lambda i: (sims[i] or 0.0, -i))
+    return best, sims[best]
 
 
 def vote(
-    samples: list[Row], n_total: int, task: TaskConfig, min_agreement: float | None
+    samples: list[Row], n_total: int, task: TaskConfig, min_agreement: float | None,
+    mode: str = "auto", scores: dict[str, float] | None = None,
 ) -> tuple[Example | None, list[Rejected]]:
     """Combine the surviving samples of one example into its training target.
 
-    Classification/json: the majority answer becomes the target; the ratio is over all
-    `n_total` samples generated for the example, so samples dropped by filters count against
-    agreement. Minority samples are rejected as "minority". A tie for first is rejected as
-    "agreement". Free text: the medoid completion is the target; agreement is its mean word
-    Jaccard to the other samples; the other samples are rejected as "not_representative".
+    vote: the majority answer becomes the target; the ratio is over all `n_total` samples
+    generated for the example, so samples dropped by filters count against agreement. Minority
+    samples are rejected as "minority"; a tie for first is rejected as "agreement".
+    medoid: the sample most similar to the others (mean word Jaccard, its agreement); the
+    others are rejected as "not_representative".
+    judge / rule: the sample `scores` (by row_id) rates best, ties broken by the medoid order;
+    the others are rejected as "not_chosen".
+    The target is the chosen answer's canonical form: the label, canonical JSON, the stripped
+    text.
     """
+    mode = target_mode(task, mode)
+    if mode == "vote":
+        return _by_vote(samples, n_total, task, min_agreement)
+    keys = [answer_key(task, s["completion"]) for s in samples]
+    cands = [i for i, k in enumerate(keys) if k]
+    if not cands:
+        return None, _reject_all(samples, "agreement", "no valid answer")
+    sims = _similarities([samples[i]["completion"] for i in cands])
+    order = {i: (sims[n] or 0.0, -n) for n, i in enumerate(cands)}  # medoid order, then input
+    if mode == "medoid":
+        best = max(cands, key=lambda i: order[i])
+        agreement = sims[cands.index(best)]
+        score = agreement
+        loser, why = "not_representative", lambda s: f"representative is {samples[best]['row_id']}"
+    else:
+        if scores is None:
+            raise ValueError(f"curate.target: {mode} needs the samples' scores")
+        best = max(cands, key=lambda i: (scores[samples[i]["row_id"]], order[i]))
+        score = scores[samples[best]["row_id"]]
+        agreement = (sims[cands.index(best)] if task.type == "free_text"
+                     else round(keys.count(keys[best]) / max(n_total, len(samples)), 4))
+        loser = "not_chosen"
+
+        def why(s: Row) -> str:
+            got = scores.get(s["row_id"])
+            mine = f"{mode} scored {got:.2f}" if got is not None else "not a valid answer"
+            return f"{mine}; target {samples[best]['row_id']} scored {score:.2f}"
+    if min_agreement is not None and agreement is not None and agreement < min_agreement:
+        measure = "mean similarity" if task.type == "free_text" else "share of the samples"
+        return None, _reject_all(samples, "agreement",
+                                 f"{measure} {agreement:.2f} < {min_agreement}")
+    rep = samples[best]
+    others = [Rejected(s["row_id"], s["example_id"], loser, why(s)) for s in samples
+              if s is not rep]
+    return Example(rep["example_id"], rep["text"], rep["label"], target=keys[best],
+                   row_ids=[rep["row_id"]], agreement=agreement, completions=[rep["completion"]],
+                   target_by=mode, target_score=score), others
+
+
+def _by_vote(samples: list[Row], n_total: int, task: TaskConfig,
+             min_agreement: float | None) -> tuple[Example | None, list[Rejected]]:
     first = samples[0]
     base = {"example_id": first["example_id"], "text": first["text"], "label": first["label"]}
-    if task.type == "free_text":
-        idx, agreement = _medoid([s["completion"] for s in samples])
-        if min_agreement is not None and agreement is not None and agreement < min_agreement:
-            return None, _reject_all(samples, "agreement",
-                                     f"mean similarity {agreement:.2f} < {min_agreement}")
-        rep = samples[idx]
-        others = [Rejected(s["row_id"], s["example_id"], "not_representative",
-                           f"representative is {rep['row_id']}") for s in samples if s is not rep]
-        return Example(**base, target=rep["completion"].strip(), row_ids=[rep["row_id"]],
-                       agreement=agreement, completions=[rep["completion"]]), others
-
     keys = [answer_key(task, s["completion"]) for s in samples]
     result = majority_vote(keys, total=max(n_total, len(samples)))
     if result.winner is None:
@@ -242,7 +323,8 @@ def vote(
     support = [s for s, k in zip(samples, keys) if k == result.winner]
     return Example(**base, target=result.winner, row_ids=[s["row_id"] for s in support],
                    agreement=round(result.ratio, 4),
-                   completions=[s["completion"] for s in support]), rejected
+                   completions=[s["completion"] for s in support], target_by="vote",
+                   target_score=round(result.ratio, 4)), rejected
 
 
 def _reject_all(samples: list[Row], name: str, detail: str) -> list[Rejected]:
@@ -250,7 +332,8 @@ def _reject_all(samples: list[Row], name: str, detail: str) -> list[Rejected]:
 
 
 def vote_all(
-    rows: list[Row], n_by_example: Counter, task: TaskConfig, min_agreement: float | None
+    rows: list[Row], n_by_example: Counter, task: TaskConfig, min_agreement: float | None,
+    mode: str = "auto", scores: dict[str, float] | None = None,
 ) -> tuple[list[Example], list[Rejected]]:
     """`vote` for every example, in the order examples first appear in `rows`."""
     groups: dict[str, list[Row]] = {}
@@ -259,7 +342,7 @@ def vote_all(
     examples: list[Example] = []
     rejected: list[Rejected] = []
     for example_id, samples in groups.items():
-        ex, rej = vote(samples, n_by_example[example_id], task, min_agreement)
+        ex, rej = vote(samples, n_by_example[example_id], task, min_agreement, mode, scores)
         rejected.extend(rej)
         if ex is not None:
             examples.append(ex)

@@ -9,7 +9,8 @@ import pytest
 from curation_helpers import LABELS, gen_row, make_config, samples
 from distill.core.config import FiltersConfig, TaskConfig
 from distill.core.errors import ConfigError
-from distill.curation.filters import apply_row_filters, build_row_filters, vote_all
+from distill.curation.filters import (apply_row_filters, build_row_filters, repair_json_rows,
+                                     vote_all)
 from distill.curation.labels import majority_vote, normalize_label
 
 
@@ -78,10 +79,17 @@ def test_json_answer_validity_against_schema():
                       json_schema={"type": "object", "required": ["a"],
                                    "properties": {"a": {"type": "integer"}}})
     rows = [gen_row("1", '{"a": 1}'), gen_row("2", '{"a": "x"}'), gen_row("3", "not json")]
+    # The row filters leave JSON to the repair step, which rejects with the reason.
     kept, rejected, _ = apply_row_filters(rows, build_row_filters(FiltersConfig(), task))
-    assert [r["completion"] for r in kept] == ['{"a": 1}']
-    assert [r.filter for r in rejected] == ["invalid_answer", "invalid_answer"]
-    assert "schema: a" in rejected[0].detail and "not JSON" in rejected[1].detail
+    assert kept == rows and rejected == []
+    kept, rejected, stats = repair_json_rows(rows, task)
+    assert [r["completion"] for r in kept] == ['{"a":1}']
+    assert [r.filter for r in rejected] == ["json_schema", "json_invalid"]
+    assert rejected[0].detail.startswith("json_schema: a: ")
+    assert rejected[1].detail.startswith("json_invalid: ")
+    assert stats.rejected == {"json_schema": 1, "json_invalid": 1}
+    kept, rejected, _ = repair_json_rows(rows, task, reject=False)
+    assert len(kept) == 3 and rejected == []
 
 
 def _vote(rows, min_agreement=None, task=None, n=None):

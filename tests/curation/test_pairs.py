@@ -83,9 +83,12 @@ def test_judge_is_any_callable_and_judge_scorer_parses_replies():
 
     js = JudgeScorer(chat)
     assert js.score_batch([("t", "a"), ("t", "b"), ("t", "c")]) == [0.8, 0.3, 0.0]
-    assert "Answer:\na" in seen[0][0]["content"]
-    with pytest.raises(ConfigError):
-        JudgeScorer(chat, rubric="no placeholder")
+    assert "Answer to rate:\na" in seen[0][0]["content"]
+    assert "What a good answer is" not in seen[0][0]["content"]
+    # judge.rubric says what a good answer is; braces in inputs (JSON) are left alone
+    JudgeScorer(chat, rubric="Short and polite.").score_batch([("{t}", '{"a": 1}')] * 3)
+    assert "What a good answer is:\nShort and polite." in seen[3][0]["content"]
+    assert 'Task input:\n{t}' in seen[3][0]["content"] and '{"a": 1}' in seen[3][0]["content"]
 
 
 def test_rule_scorer_and_unknown_rule():
@@ -93,8 +96,10 @@ def test_rule_scorer_and_unknown_rule():
     score = example_scorer(cfg, TASK)
     assert score(EX, "Positive.") == 1.0 and score(EX, "It is positive") == 0.5
     assert score(EX, "hmm") == 0.0
-    with pytest.raises(ConfigError, match="pairs.rule"):
-        example_scorer(PairsConfig(scorer="rule", rule="nope"), TASK)
+    with pytest.raises(ValueError, match="unknown rule 'nope'"):  # refused with the config
+        PairsConfig(scorer="rule", rule="nope")
+    with pytest.raises(ConfigError, match="pairs.rule"):  # a library caller skipping it
+        example_scorer(PairsConfig.model_construct(scorer="rule", rule="nope"), TASK)
 
 
 def test_on_policy_pairs_from_student_answers():
