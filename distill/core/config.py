@@ -473,8 +473,19 @@ class CostConfig(Section):
         None, description="SFT/DPO hardware per worker (per_hour_usd) or a fine-tuning API's "
                           "price per 1M training tokens (input_per_1m_usd); None: cost.student")
     judge: PriceConfig | None = Field(
-        None, description="the judge's calls in curate/pairs (billed by their stage's wall "
-                          "time); None: cost.teacher")
+        None, description="the judge's calls in curate/pairs, per_hour_usd (billed by their "
+                          "stage's wall time); None: cost.teacher")
+
+    @model_validator(mode="after")
+    def _billed_as_recorded(self) -> CostConfig:
+        # Training records its tokens, not a completion; the judge's calls record only time.
+        if self.training is not None and self.training.output_per_1m_usd is not None:
+            raise ValueError("cost.training bills training tokens: give input_per_1m_usd (or "
+                             "per_hour_usd), not output_per_1m_usd")
+        if self.judge is not None and self.judge.per_hour_usd is None:
+            raise ValueError("cost.judge: give per_hour_usd (the judge's calls are billed by "
+                             "their wall time; their tokens are not recorded)")
+        return self
 
 
 class RayConfig(Section):

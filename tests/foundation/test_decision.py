@@ -204,3 +204,10 @@ def test_one_off_cost_prices_what_the_stages_recorded():
     assert sentence == ("Distilling cost $3.50 once (some lines could not be priced); the SFT "
                         "student saves $0.4000 per 1k requests against the teacher, so it pays "
                         "for itself after 8,750 requests.")
+
+
+def test_cost_prices_only_what_is_recorded():
+    with pytest.raises(ValueError, match="cost.training bills training tokens"):
+        _cfg(training={"output_per_1m_usd": 1.0})
+    with pytest.raises(ValueError, match="cost.judge: give per_hour_usd"):
+        _cfg(judge={"input_per_1m_usd": 1.0})
