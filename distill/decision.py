@@ -31,23 +31,29 @@ NAMES = {"teacher": "the teacher", "student_base": "the base student (prompted)"
 # --- per-item scores ------------------------------------------------------------------------
 
 
-def classification_items(parsed: Sequence, gold: Sequence) -> list[float]:
+# Each scorer maps eval/predictions.parquet rows (example_id, model, answer, parsed, gold) of one
+# model to per-item scores.
+
+
+def classification_items(rows: Sequence[dict]) -> list[float]:
     """1 where the parsed label is the gold label (an unparseable answer is wrong)."""
-    return [float(p is not None and p == g) for p, g in zip(parsed, gold)]
+    return [float(r["parsed"] is not None and r["parsed"] == r["gold"]) for r in rows]
 
 
-def free_text_items(parsed: Sequence, gold: Sequence) -> list[float]:
-    return [metrics.rouge_l(p or "", g or "") for p, g in zip(parsed, gold)]
+def free_text_items(rows: Sequence[dict]) -> list[float]:
+    return [metrics.rouge_l(r["parsed"] or "", r["gold"] or "") for r in rows]
 
 
-def json_items(parsed: Sequence, gold: Sequence) -> list[float]:
-    """1 where the parsed (canonical) JSON equals the canonical gold. A per-item field F1 is the
-    better score once metrics has one: switch it here and in ITEM_SCORES' metric name."""
-    return [float(p is not None and p == (canonical_json(g) or g)) for p, g in zip(parsed, gold)]
+def json_items(rows: Sequence[dict]) -> list[float]:
+    """1 where the parsed (canonical) JSON equals the canonical gold. Per-item field F1 is the
+    better score where metrics has it (`field_f1_of([field_counts(answer, gold)])`): switch
+    here, and the metric's name in ITEM_SCORES."""
+    return [float(r["parsed"] is not None and r["parsed"] == (canonical_json(r["gold"])
+                                                               or r["gold"])) for r in rows]
 
 
-# task type -> (the metric the decision is taken on, per-item scorer over (parsed, gold))
-ITEM_SCORES: dict[str, tuple[str, Callable[[Sequence, Sequence], list[float]]]] = {
+# task type -> (the metric the decision is taken on, per-item scorer)
+ITEM_SCORES: dict[str, tuple[str, Callable[[Sequence[dict]], list[float]]]] = {
     "classification": ("accuracy", classification_items),
     "free_text": ("rouge_l", free_text_items),
     "json": ("exact_match", json_items),
@@ -64,9 +70,7 @@ def item_scores(task_type: str, rows: Sequence[dict]) -> dict[str, dict[str, flo
     for r in rows:
         by_model.setdefault(r["model"], []).append(r)
     scorer = ITEM_SCORES[task_type][1]
-    return {m: dict(zip([r["example_id"] for r in rs],
-                        scorer([r["parsed"] for r in rs], [r["gold"] for r in rs])))
-            for m, rs in by_model.items()}
+    return {m: dict(zip([r["example_id"] for r in rs], scorer(rs))) for m, rs in by_model.items()}
 
 
 def read_item_scores(predictions: Path, task_type: str) -> dict[str, dict[str, float]] | None:

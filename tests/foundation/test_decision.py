@@ -146,7 +146,8 @@ def test_item_scores_per_task_type():
     assert D.item_scores("classification", rows) == {"m": {"a": 1.0, "b": 0.0}}
     rows = [{"example_id": "a", "model": "m", "parsed": "the cat", "gold": "the big cat"}]
     assert D.item_scores("free_text", rows)["m"]["a"] == pytest.approx(0.8)
-    rows = [{"example_id": "a", "model": "m", "parsed": '{"a":1,"b":2}', "gold": '{"b": 2, "a": 1}'}]
+    rows = [{"example_id": "a", "model": "m", "parsed": '{"a":1,"b":2}',
+             "gold": '{"b": 2, "a": 1}'}]
     assert D.item_scores("json", rows) == {"m": {"a": 1.0}}
 
 
@@ -181,7 +182,8 @@ def _cfg(**cost) -> RunConfig:
 
 
 def test_one_off_cost_prices_what_the_stages_recorded():
-    manifest = {"summaries": {"generate": {"wall_s": 3600, "prompt_tokens": 10, "completion_tokens": 5},
+    manifest = {"summaries": {"generate": {"wall_s": 3600, "prompt_tokens": 10,
+                                           "completion_tokens": 5},
                               "sft": {"seconds": 1800, "world_size": 2, "train_tokens": 1000},
                               "dpo": {"seconds": 900, "world_size": 1, "train_tokens": 500}},
                 "stages": {"pairs": {"seconds": 360}}}
