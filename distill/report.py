@@ -14,8 +14,8 @@ from typing import Any
 
 from distill import decision as D
 from distill.core.artifacts import RunPaths
-from distill.core.config import RunConfig
 from distill.core.io import read_json, write_json_atomic, write_text_atomic
+from distill.core.config import RunConfig
 
 MODELS = ("teacher", "student_base", "student_sft", "student_dpo")
 LABELS = {"teacher": "teacher", "student_base": "student (base, prompted)",
@@ -327,6 +327,27 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def teacher_check_lines(report: dict) -> list[str]:
+    """The teacher's own standing: its check on training prompts, its held-out score vs the
+    majority label."""
+    lines = []
+    if check := report.get("teacher_check"):
+        state = "passed" if check.get("passed") else "FAILED"
+        lines.append(f"check {state}: {_check_sentence(check)}")
+        if "student_base" in check:
+            sb = check["student_base"]
+            lines.append(f"prompted base student on the same prompts: {sb['value']:.3f} "
+                         f"[{sb['ci_low']:.2f}, {sb['ci_high']:.2f}]")
+        lines += [f"warning: {w}" for w in check.get("warnings", [])]
+    if majority := report.get("majority_baseline"):
+        teacher = _value(report["models"].get("teacher"), report["main_metric"])
+        if sentence := _reference_sentence(teacher, report["main_metric"], majority).strip():
+            lines.append(sentence)
+    if warning := (report.get("labels") or {}).get("warning"):
+        lines.append(f"warning: {warning}")
+    return lines
+
+
 DECISION_HEADER = ["comparison", "difference [95% CI]", "p (better)", "p (within margin)",
                    "test", "passes"]
 
@@ -391,27 +412,6 @@ def _rule_line(report: dict) -> str:
             f"beats the base student (one-sided p < {rule['alpha']:g}), is shown within "
             f"{rule['non_inferiority_margin']:g} of the teacher, and loses at most "
             f"{rule['max_forgetting']:g} general ability.")
-
-
-def teacher_check_lines(report: dict) -> list[str]:
-    """The teacher's own standing: its check on training prompts, its held-out score vs the
-    majority label."""
-    lines = []
-    if check := report.get("teacher_check"):
-        state = "passed" if check.get("passed") else "FAILED"
-        lines.append(f"check {state}: {_check_sentence(check)}")
-        if "student_base" in check:
-            sb = check["student_base"]
-            lines.append(f"prompted base student on the same prompts: {sb['value']:.3f} "
-                         f"[{sb['ci_low']:.2f}, {sb['ci_high']:.2f}]")
-        lines += [f"warning: {w}" for w in check.get("warnings", [])]
-    if majority := report.get("majority_baseline"):
-        teacher = _value(report["models"].get("teacher"), report["main_metric"])
-        if sentence := _reference_sentence(teacher, report["main_metric"], majority).strip():
-            lines.append(sentence)
-    if warning := (report.get("labels") or {}).get("warning"):
-        lines.append(f"warning: {warning}")
-    return lines
 
 
 def render_markdown(report: dict) -> str:
