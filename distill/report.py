@@ -419,6 +419,8 @@ def render_markdown(report: dict) -> str:
     lines = [f"# distill report: {report['run_id']}", "", f"**Verdict:** {report['verdict']['text']}",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if check_lines := teacher_check_lines(report):
+        lines += ["", "## Teacher check", "", *[f"- {x}" for x in check_lines]]
     if decision := decision_rows(report):
         lines += ["", "## Ship decision", "", _rule_line(report), "",
                   "| " + " | ".join(DECISION_HEADER) + " |", "|" + "---|" * len(DECISION_HEADER)]
@@ -427,8 +429,6 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Cost of distilling", "", "| " + " | ".join(COST_HEADER) + " |",
                   "|" + "---|" * len(COST_HEADER)]
         lines += ["| " + " | ".join(r) + " |" for r in costs]
-    if check_lines := teacher_check_lines(report):
-        lines += ["", "## Teacher check", "", *[f"- {x}" for x in check_lines]]
     if report["funnel"]:
         lines += ["", "## Data funnel", "", "| " + " | ".join(FUNNEL_HEADER) + " |",
                   "|" + "---|" * len(FUNNEL_HEADER)]
@@ -453,13 +453,13 @@ th:first-child, td:first-child {{ text-align: left; }}
 <div id="verdict" class="verdict {verdict_class}"><b>Verdict:</b> {verdict}</div>
 <h2>Teacher vs student</h2>
 {table}
+<h2>Teacher check</h2>
+<ul>{check}</ul>
 <h2>Ship decision</h2>
 <p>{rule}</p>
 {decision}
 <h2>Cost of distilling</h2>
 {cost}
-<h2>Teacher check</h2>
-<ul>{check}</ul>
 <div class="plots">{images}</div>
 <h2>Data funnel</h2>
 {funnel}
@@ -494,11 +494,11 @@ def render_html(report: dict, images: dict[str, str]) -> str:
                        verdict=html.escape(report["verdict"]["text"]),
                        verdict_class="pass" if passes else "fail",
                        table=_html_table(header, rows), images=imgs, funnel=funnel,
+                       check="".join(f"<li>{html.escape(x)}</li>"
+                                     for x in teacher_check_lines(report)) or "<li>not run</li>",
                        rule=html.escape(_rule_line(report)),
                        decision=_html_table(DECISION_HEADER, decision_rows(report)),
-                       cost=_html_table(COST_HEADER, cost_rows(report)),
-                       check="".join(f"<li>{html.escape(x)}</li>"
-                                     for x in teacher_check_lines(report)) or "<li>not run</li>")
+                       cost=_html_table(COST_HEADER, cost_rows(report)))
 
 
 def run_report(run) -> dict:
