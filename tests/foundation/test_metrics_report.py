@@ -14,11 +14,20 @@ from distill import metrics
 from distill.core.config import RunConfig
 from distill.report import build_report, render_html, render_markdown, verdict
 
-CFG = RunConfig.model_validate({
-    "run_name": "t", "output_dir": "/tmp/unused",
-    "task": {"name": "t", "labels": ["positive", "negative"], "instruction": "?"},
-    "teacher": {"model": "x"}, "student": {"model": "y"},
-    "cost": {"teacher": {"per_hour_usd": 2.0}, "student": {"per_hour_usd": 1.0}}})
+
+
+def report_config(task_type: str = "classification") -> RunConfig:
+    """The config build_report reads (task type, decision rule, prices)."""
+    task = {"name": "t", "type": task_type, "instruction": "?",
+            "labels": ["positive", "negative"] if task_type == "classification" else None,
+            "json_schema": {"type": "object"} if task_type == "json" else None}
+    return RunConfig.model_validate({
+        "run_name": "t", "output_dir": "/tmp/unused", "task": task,
+        "teacher": {"model": "x"}, "student": {"model": "y"},
+        "cost": {"teacher": {"per_hour_usd": 2.0}, "student": {"per_hour_usd": 1.0}}})
+
+
+CFG = report_config()
 
 
 def test_accuracy_and_macro_f1_by_hand():
