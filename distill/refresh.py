@@ -8,7 +8,9 @@
 4. assemble  the version's training set: every version's curated data (retrain_from: scratch)
              or only this one's (previous: a new adapter on the promoted student's merged model)
 5. train     pairs, sft, dpo, export, eval on the same held-out set  (refresh/vN/train/)
-6. gate      promote if main metric >= promoted's - refresh.tolerance, else keep the promoted one
+6. gate      the ship decision's rule (distill/decision.py) with the promoted student as the
+             baseline: promote only if the new student is significantly better than it, shown
+             within eval.non_inferiority_margin of the teacher, and within eval.max_forgetting
 
 Each step is recorded in the manifest of its run dir, so a refresh that died half-way resumes
 the same version when rerun (finished steps are skipped); promoted.json changes only in step 6.
@@ -27,10 +29,11 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from distill import decision as D
 from distill.core.artifacts import RunPaths
 from distill.core.config import RunConfig
 from distill.core.errors import ConfigError, DistillError, StageNotReadyError
-from distill.core.io import atomic_outputs, file_sha256, write_parquet_atomic
+from distill.core.io import atomic_outputs, file_sha256, read_json, write_parquet_atomic
 from distill.core.rundir import Run
 from distill.core import versions as V
 
@@ -201,18 +204,43 @@ def assemble(train_run: Run, base: Path, sources: list[tuple[str, Path]]) -> dic
 # --- 6. gate ---------------------------------------------------------------------------------
 
 
-def gate(candidate: dict | None, current: dict | None, tolerance: float) -> tuple[bool, str]:
+def _scores(cfg: RunConfig, record: dict) -> dict[str, dict[str, float]]:
+    """Per-item scores of a version's eval (every model it evaluated), or a named error."""
+    path = RunPaths(record["run_dir"]).eval_predictions
+    found = D.read_item_scores(path, cfg.task.type)
+    if not found or not found.get(record["student"]):
+        raise StageNotReadyError(f"{path}: no per-item predictions of {record['student']} "
+                                 f"(version {record['version']}); run `distill eval` there")
+    return found
+
+
+def gate(cfg: RunConfig, candidate: dict | None, current: dict | None) -> tuple[bool, str, dict]:
+    """The ship decision's rule, paired on the fixed held-out set, with the promoted student as
+    the baseline (no promoted student yet: the prompted base student). The teacher and the
+    forgetting check come from the candidate's own eval."""
     if candidate is None:
-        return False, "the new student has no held-out metric (eval did not produce one)"
-    if current is None:
-        return True, "no promoted student yet"
-    if candidate["metric"] != current["metric"]:
+        return False, "the new student has no held-out metric (eval did not produce one)", {}
+    if current is not None and candidate["metric"] != current["metric"]:
         raise DistillError(f"cannot compare {candidate['metric']} with the promoted student's "
                            f"{current['metric']}: the task's main metric changed")
-    cand, cur = candidate["value"], current["value"]
-    if cand >= cur - tolerance:
-        return True, f"{cand:.4f} >= {cur:.4f} - tolerance {tolerance}"
-    return False, f"{cand:.4f} < {cur:.4f} - tolerance {tolerance}: kept {current['version']}"
+    mine = _scores(cfg, candidate)
+    if current is None:
+        base_items, base_name = mine.get("student_base") or {}, D.NAMES["student_base"]
+    else:
+        base_items = _scores(cfg, current)[current["student"]]
+        base_name = f"the promoted student {current['version']}"
+    if not base_items or not mine.get("teacher"):
+        raise StageNotReadyError(f"{candidate['run_dir']}: eval has no per-item predictions of "
+                                 "the teacher or the base student; run `distill eval` there")
+    rule = D.Rule.from_config(cfg.eval)
+    evals = read_json(RunPaths(candidate["run_dir"]).eval_results) or {}
+    lost = D.forgetting(evals, candidate["student"], "student_base", rule, cfg.seed)
+    ok, reason, tests = D.gate(mine[candidate["student"]], base_items, mine["teacher"], lost,
+                               rule, D.decision_metric(cfg.task.type),
+                               f"{candidate['version']}'s student", base_name, cfg.seed)
+    if not ok and current is not None:
+        reason = f"kept {current['version']}: {reason}"
+    return ok, reason, tests
 
 
 # --- the cycle -------------------------------------------------------------------------------
@@ -298,12 +326,12 @@ def _cycle(cfg, base, vdir, record, new, stage_runner) -> RefreshResult:
 
     candidate = V.student_record(base, vdir.name)
     current = V.read_promoted(base)
-    ok, reason = gate(candidate, current, cfg.refresh.tolerance)
+    ok, reason, tests = gate(cfg, candidate, current)
     if ok:
         V.promote(base, candidate, reason)
     record.update(status="promoted" if ok else "kept", finished=V.now(), candidate=candidate,
-                  gate={"promoted": ok, "reason": reason, "tolerance": cfg.refresh.tolerance,
-                        "against": current})
+                  gate={"promoted": ok, "reason": reason, "rule": D.Rule.from_config(
+                      cfg.eval).to_dict(), "tests": tests, "against": current})
     record.pop("last_error", None)
     V.save_lineage(vdir, record)
     style = "green" if ok else "yellow"

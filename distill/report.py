@@ -12,9 +12,11 @@ import io
 from pathlib import Path
 from typing import Any
 
+from distill import decision as D
 from distill.core.artifacts import RunPaths
 from distill.metrics import HIGHER_IS_BETTER, MAIN_METRIC
 from distill.core.io import read_json, write_json_atomic, write_text_atomic
+from distill.core.config import RunConfig
 
 MODELS = ("teacher", "student_base", "student_sft", "student_dpo")
 LABELS = {"teacher": "teacher", "student_base": "student (base, prompted)",
@@ -27,8 +29,9 @@ def _read(path: Path) -> dict:
     return read_json(path) or {}
 
 
-def build_report(run_dir: Path, manifest: dict, quality_bar: float) -> dict[str, Any]:
-    """Merge eval and bench results into the report's one table, plus the verdict."""
+def build_report(run_dir: Path, manifest: dict, cfg: RunConfig) -> dict[str, Any]:
+    """Merge eval and bench results into the report's one table, plus the verdict: the
+    decision rule (distill/decision.py) on eval's per-item predictions, with its cost side."""
     paths = RunPaths(run_dir)
     evals = _read(paths.eval_results)
     bench = _read(paths.bench_results)
@@ -51,6 +54,9 @@ def build_report(run_dir: Path, manifest: dict, quality_bar: float) -> dict[str,
     summaries = manifest.get("summaries", {})
     check = teacher_check(paths)
     majority = evals.get("majority_baseline")
+    scores = D.read_item_scores(paths.eval_predictions, cfg.task.type) or {}
+    decision = D.decide(scores, evals, D.Rule.from_config(cfg.eval),
+                        D.decision_metric(cfg.task.type), cfg.seed)
     return {
         "run_id": manifest.get("run_id"),
         "task": task.get("name"),
@@ -59,7 +65,8 @@ def build_report(run_dir: Path, manifest: dict, quality_bar: float) -> dict[str,
         "reference": evals.get("reference"),
         "examples": evals.get("examples"),
         "models": models,
-        "verdict": verdict(models, main, quality_bar, check, majority),
+        "verdict": verdict(models, main, decision, cost_side(manifest, cfg, models, decision),
+                           check, majority),
         "teacher_check": check,
         "majority_baseline": majority,
         "labels": (summaries.get("curate") or {}).get("labels"),
@@ -104,28 +111,33 @@ def _reference_sentence(teacher: float | None, metric: str, majority: dict | Non
             f"{test['method']} one-sided p={test['p_value']:.3g}).")
 
 
-def verdict(models: dict[str, dict], metric: str, bar: float, check: dict | None = None,
-            majority: dict | None = None) -> dict[str, Any]:
-    """Does the best distilled student clear `bar` x the teacher's metric? Never against a
-    teacher that failed its check: the bar would be meaningless."""
+def cost_side(manifest: dict, cfg: RunConfig, models: dict[str, dict],
+              decision: dict) -> dict[str, Any]:
+    """One-off cost of distilling, and for the student the decision is about: its saving per
+    1k requests against the teacher (bench's prices) and the break-even volume."""
+    one_off = D.one_off_cost(manifest, cfg)
+    student = decision.get("student")
+    per_1k = {n: (models.get(n) or {}).get("cost_per_1k_requests") for n in ("teacher", student)}
+    return {"one_off": one_off, "student": student,
+            **D.break_even(one_off["total_usd"], per_1k["teacher"], per_1k.get(student))}
+
+
+def verdict(models: dict[str, dict], metric: str, decision: dict, cost: dict | None = None,
+            check: dict | None = None, majority: dict | None = None) -> dict[str, Any]:
+    """The decision rule's output, with the cost side and the teacher's own standing. Never
+    against a teacher that failed its check: "close to the teacher" would mean nothing."""
     teacher = _value(models.get("teacher"), metric)
     if check and not check.get("passed", True):
         return {"passes": False, "ship": None, "teacher_failed_check": True,
                 "text": "No verdict against the teacher: it failed its check ("
-                        + _check_sentence(check) + "), so a student's ratio to it means "
-                        "nothing. Fix the teacher first (`distill check`: prompt placement, "
+                        + _check_sentence(check) + "), so a student's standing against it "
+                        "means nothing. Fix the teacher first (`distill check`: prompt placement, "
                         "few-shot examples, a stronger model)."
                         + _reference_sentence(teacher, metric, majority)}
-    candidates = [(n, _value(models.get(n), metric)) for n in ("student_dpo", "student_sft")]
-    candidates = [(n, v) for n, v in candidates if v is not None]
-    if teacher is None or not candidates:
-        return {"passes": None, "text": "not enough results for a verdict (eval incomplete)"}
-    best, value = max(candidates, key=lambda c: c[1])
-    needed = bar * teacher
-    passes = value >= needed
-    out = {"passes": passes, "student": best, "student_metric": value, "teacher_metric": teacher,
-           "quality_bar": bar, "needed": needed, "ratio_to_teacher": value / teacher if teacher
-           else None}
+    out = dict(decision)
+    if out.get("passes") is None:
+        return out
+    best = out["student"]
     t_lat = (models.get("teacher") or {}).get("latency_p50_ms")
     s_lat = (models.get(best) or {}).get("latency_p50_ms")
     if t_lat and s_lat:
@@ -134,16 +146,9 @@ def verdict(models: dict[str, dict], metric: str, bar: float, check: dict | None
     s_cost = (models.get(best) or {}).get("cost_per_1k_requests")
     if t_cost and s_cost is not None:
         out["cost_ratio"] = s_cost / t_cost
-    if passes:
-        out["ship"] = best
-        out["text"] = (f"Ship {LABELS[best]}: {metric} {value:.3f} clears the bar "
-                       f"({bar:.2f} x teacher {teacher:.3f} = {needed:.3f}).")
-    else:
-        out["ship"] = "student_base"
-        out["text"] = (f"{LABELS[best]} does not clear the bar: {metric} {value:.3f} < "
-                       f"{bar:.2f} x teacher {teacher:.3f} = {needed:.3f}. Ship the cheaper "
-                       "baseline (the base student, prompted) where its quality is acceptable, "
-                       "or keep serving the teacher.")
+    if cost:
+        out["cost"] = cost
+        out["text"] += " " + D.cost_sentence(cost, D.NAMES[best], out["passes"])
     out["text"] += _reference_sentence(teacher, metric, majority)
     return out
 
@@ -210,8 +215,10 @@ def plots(report: dict, bench: dict) -> dict[str, str]:
         highs = [models[n][metric]["ci_high"] - v for v, n in zip(vals, names)]
         ax.bar([LABELS[n] for n in names], vals, yerr=[lows, highs], capsize=5,
                color=[COLORS[n] for n in names])
-        if report["verdict"].get("needed"):
-            ax.axhline(report["verdict"]["needed"], ls="--", c="k", lw=1, label="quality bar")
+        rule, v = report["verdict"].get("rule"), report["verdict"]
+        if rule and v.get("metric") == metric and "teacher" in names:
+            floor = _value(models["teacher"], metric) - rule["non_inferiority_margin"]
+            ax.axhline(floor, ls="--", c="k", lw=1, label="teacher - margin")
             ax.legend(loc="lower right")
         ax.set_ylabel(f"{metric} (95% CI, {_direction(report)})")
         ax.set_ylim(0, 1)
@@ -440,6 +447,72 @@ def teacher_check_lines(report: dict) -> list[str]:
     return lines
 
 
+DECISION_HEADER = ["comparison", "difference [95% CI]", "p (better)", "p (within margin)",
+                   "test", "passes"]
+
+
+def _test_cells(label: str, t: dict, passes: bool | None) -> list[str]:
+    within = t.get("p_noninferior", t.get("p_within"))
+    return [label, f"{t['diff']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]",
+            f"{t['p_value']:.3g}" if "p_value" in t else "",
+            "" if within is None else f"{within:.3g}",
+            t.get("method", "") + (f" / {t['noninferior_method']}" if "noninferior_method" in t
+                                   else ""), "" if passes is None else "yes" if passes else "no"]
+
+
+def decision_rows(report: dict) -> list[list[str]]:
+    """The paired tests behind the verdict: each tuned student vs the base student and vs the
+    teacher, its forgetting, and the base student vs the teacher."""
+    v = report["verdict"]
+    rows = []
+    for name, a in (v.get("students") or {}).items():
+        short = LABELS[name]
+        rows.append(_test_cells(f"{short} - base student", a["vs_base"], a["better_than_base"]))
+        rows.append(_test_cells(f"{short} - teacher", a["vs_teacher"],
+                                a["noninferior_to_teacher"]))
+        f = a["forgetting"]
+        if f.get("measured") == "paired":
+            rows.append(_test_cells(f"forgetting: base - {short}", {**f, "diff": f["value"]},
+                                    f["within"]))
+        elif f.get("measured") == "point":
+            rows.append([f"forgetting: base - {short}", f"{f['value']:+.3f} (point)", "", "",
+                         "general_ability", "yes" if f["within"] else "no"])
+    if b := v.get("base_vs_teacher"):
+        rows.append(_test_cells("base student - teacher", b, None))
+    return rows
+
+
+COST_HEADER = ["one-off cost", "seconds", "units", "tokens", "USD"]
+
+
+def cost_rows(report: dict) -> list[list[str]]:
+    cost = report["verdict"].get("cost") or {}
+    rows = []
+    for x in (cost.get("one_off") or {}).get("items", []):
+        tokens = (x.get("prompt_tokens") or 0) + (x.get("completion_tokens") or 0)
+        rows.append([x["item"], _fmt(x.get("seconds"), "{:.0f}"), str(x.get("units", "")),
+                     str(tokens or ""), _fmt(x.get("usd"), "{:.4f}") if x.get("usd") is not None
+                     else x.get("note", "n/a")])
+    if cost:
+        rows.append(["total", "", "", "", f"{cost['one_off']['total_usd']:.4f}"])
+        student = LABELS.get(cost.get("student"), "student")
+        rows.append([f"saving per 1k requests ({student} vs teacher)", "", "", "",
+                     _fmt(cost.get("saving_per_1k_requests"), "{:.4f}")])
+        rows.append(["break-even (requests)", "", "", "",
+                     _fmt(cost.get("break_even_requests"), "{}")])
+    return rows
+
+
+def _rule_line(report: dict) -> str:
+    rule = report["verdict"].get("rule")
+    if not rule:
+        return ""
+    return (f"Decision metric {report['verdict']['metric']}; ship a tuned student only if it "
+            f"beats the base student (one-sided p < {rule['alpha']:g}), is shown within "
+            f"{rule['non_inferiority_margin']:g} of the teacher, and loses at most "
+            f"{rule['max_forgetting']:g} general ability.")
+
+
 def render_markdown(report: dict) -> str:
     header, rows = table_rows(report)
     lines = [f"# distill report: {report['run_id']}", "", f"**Verdict:** {report['verdict']['text']}",
@@ -453,6 +526,14 @@ def render_markdown(report: dict) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in judged]
     if check_lines := teacher_check_lines(report):
         lines += ["", "## Teacher check", "", *[f"- {x}" for x in check_lines]]
+    if decision := decision_rows(report):
+        lines += ["", "## Ship decision", "", _rule_line(report), "",
+                  "| " + " | ".join(DECISION_HEADER) + " |", "|" + "---|" * len(DECISION_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in decision]
+    if costs := cost_rows(report):
+        lines += ["", "## Cost of distilling", "", "| " + " | ".join(COST_HEADER) + " |",
+                  "|" + "---|" * len(COST_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in costs]
     if report["funnel"]:
         lines += ["", "## Data funnel", "", "| " + " | ".join(FUNNEL_HEADER) + " |",
                   "|" + "---|" * len(FUNNEL_HEADER)]
@@ -481,6 +562,11 @@ th:first-child, td:first-child {{ text-align: left; }}
 {judge}
 <h2>Teacher check</h2>
 <ul>{check}</ul>
+<h2>Ship decision</h2>
+<p>{rule}</p>
+{decision}
+<h2>Cost of distilling</h2>
+{cost}
 <div class="plots">{images}</div>
 <h2>Data funnel</h2>
 {funnel}
@@ -525,13 +611,16 @@ def render_html(report: dict, images: dict[str, str]) -> str:
                        notes="".join(f"<p>{html.escape(x)}</p>" for x in reference_lines(report)),
                        judge=_judge_html(report),
                        check="".join(f"<li>{html.escape(x)}</li>"
-                                     for x in teacher_check_lines(report)) or "<li>not run</li>")
+                                     for x in teacher_check_lines(report)) or "<li>not run</li>",
+                       rule=html.escape(_rule_line(report)),
+                       decision=_html_table(DECISION_HEADER, decision_rows(report)),
+                       cost=_html_table(COST_HEADER, cost_rows(report)))
 
 
 def run_report(run) -> dict:
     """Stage `report`: write report/{report.json, report.md, report.html}."""
     paths = run.paths
-    report = build_report(run.dir, run.manifest, run.cfg.eval.quality_bar)
+    report = build_report(run.dir, run.manifest, run.cfg)
     images = plots(report, _read(paths.bench_results))
     write_json_atomic(paths.report_json, report)
     write_text_atomic(paths.report_md, render_markdown(report))

@@ -95,3 +95,47 @@ def mean_ci(scores: Sequence[float], resamples: int = 2000, seed: int = 0) -> tu
     rng = np.random.default_rng(seed)
     means = arr[rng.integers(0, len(arr), size=(resamples, len(arr)))].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def tango(a: Sequence[float], b: Sequence[float], margin: float) -> float:
+    """One-sided p-value of "A - B > -margin" for paired 0/1 scores: Tango's score test.
+
+    The exact McNemar test only asks whether the difference is 0; a non-inferiority margin
+    needs the variance under "A - B = -margin", from the restricted maximum-likelihood estimate
+    of the share of items only B gets right (Tango 1998, Statistics in Medicine 17:891).
+    """
+    a_arr, b_arr = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n = len(a_arr)
+    if n == 0:
+        return 1.0
+    a_only = int(np.sum(a_arr & ~b_arr))
+    b_only = int(np.sum(~a_arr & b_arr))
+    d = margin
+    # Under H0 the A-only share is q - d, the B-only share q; the likelihood's root in q:
+    # 2n q^2 - [(a_only + b_only)(1 + d) + 2 d (n - a_only)] q + b_only d (1 + d) = 0
+    lin = (a_only + b_only) * (1 + d) + 2 * d * (n - a_only)
+    q = (lin + np.sqrt(max(lin ** 2 - 8 * n * b_only * d * (1 + d), 0.0))) / (4 * n)
+    var = n * (2 * q - d * (1 + d))
+    z_num = a_only - b_only + n * d
+    if var <= 0:  # margin 0 and no discordant items: no evidence either way
+        return 1.0 if z_num <= 0 else 0.0
+    return float(stats.norm.sf(z_num / np.sqrt(var)))
+
+
+def bootstrap_noninferiority(a: Sequence[float], b: Sequence[float], margin: float,
+                             resamples: int = 2000, seed: int = 0) -> float:
+    """One-sided p-value of "mean(A - B) > -margin" for paired continuous scores: the share of
+    resampled mean differences at or below -margin (as `paired_bootstrap` does at 0)."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(d) == 0:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    return float((np.sum(means <= -margin) + 1) / (resamples + 1))
+
+
+def noninferiority(a: Sequence[float], b: Sequence[float], margin: float, seed: int = 0) -> float:
+    """p-value of "A is at most `margin` worse than B": Tango for 0/1 scores, bootstrap else."""
+    if is_binary(a) and is_binary(b):
+        return tango(a, b, margin)
+    return bootstrap_noninferiority(a, b, margin, seed=seed)

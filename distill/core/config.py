@@ -522,9 +522,19 @@ class EvalConfig(Section):
 
     max_examples: int | None = Field(None, gt=0, description="cap on held-out rows; None = all")
     bootstrap: int = Field(1000, gt=0, description="resamples for the 95% CI")
-    quality_bar: float = Field(
-        0.95, gt=0, description="student passes if metric >= quality_bar * teacher's"
-    )
+    # The ship decision (distill/decision.py): paired tests on the same held-out items.
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="significance of the decision's one-sided paired tests: "
+                                      "tuned student better than the base student, "
+                                      "non-inferior to the teacher, forgetting within bounds")
+    non_inferiority_margin: float = Field(
+        0.02, ge=0, lt=1, description="the tuned student may be at most this much below the "
+                                      "teacher on the decision metric (absolute), shown at "
+                                      "eval.alpha")
+    max_forgetting: float = Field(
+        0.05, ge=0, le=1, description="the most general ability the tuned student may lose "
+                                      "against the base student on the forgetting check "
+                                      "(absolute)")
     general_prompts: list[GeneralPrompt] | None = Field(
         None, description="forgetting check on the students; None = built-in list"
     )
@@ -563,6 +573,23 @@ class PriceConfig(Section):
 class CostConfig(Section):
     teacher: PriceConfig = Field(default_factory=lambda: PriceConfig(per_hour_usd=0.0))
     student: PriceConfig = Field(default_factory=lambda: PriceConfig(per_hour_usd=0.0))
+    training: PriceConfig | None = Field(
+        None, description="SFT/DPO hardware per worker (per_hour_usd) or a fine-tuning API's "
+                          "price per 1M training tokens (input_per_1m_usd); None: cost.student")
+    judge: PriceConfig | None = Field(
+        None, description="the judge's calls in curate/pairs, per_hour_usd (billed by their "
+                          "stage's wall time); None: cost.teacher")
+
+    @model_validator(mode="after")
+    def _billed_as_recorded(self) -> CostConfig:
+        # Training records its tokens, not a completion; the judge's calls record only time.
+        if self.training is not None and self.training.output_per_1m_usd is not None:
+            raise ValueError("cost.training bills training tokens: give input_per_1m_usd (or "
+                             "per_hour_usd), not output_per_1m_usd")
+        if self.judge is not None and self.judge.per_hour_usd is None:
+            raise ValueError("cost.judge: give per_hour_usd (the judge's calls are billed by "
+                             "their wall time; their tokens are not recorded)")
+        return self
 
 
 class RayConfig(Section):
@@ -576,8 +603,6 @@ class RefreshConfig(Section):
     retrain_from: Literal["scratch", "previous"] = Field(
         "scratch", description="scratch: train the base student on every version's curated data; "
         "previous: a new adapter on the promoted student's merged model, new data only")
-    tolerance: float = Field(
-        0.01, ge=0, description="promote if main metric >= promoted's - tolerance (absolute)")
     min_new_prompts: int = Field(
         1, gt=0, description="fewer new prompts than this: no new version, nothing runs")
     max_new_prompts: int | None = Field(
@@ -695,6 +720,14 @@ MOVED_KEYS = {
 }
 
 
+# Keys that a decision replaced: the old key is refused with where its job went now.
+_DECISION_RULE = ("the ship decision is a paired test now: eval.alpha, "
+                  "eval.non_inferiority_margin, eval.max_forgetting")
+REPLACED_KEYS = {("eval", "quality_bar"): _DECISION_RULE,
+                 ("refresh", "tolerance"): _DECISION_RULE + " (the refresh gate uses the same "
+                                                            "rule against the promoted student)"}
+
+
 def _renamed(data: dict, lines: dict[tuple, int]) -> list[str]:
     problems = []
     for old, new in RENAMED_SECTIONS.items():
@@ -709,6 +742,11 @@ def _renamed(data: dict, lines: dict[tuple, int]) -> list[str]:
             line = lines.get((section, key))
             where = f"line {line}: " if line else ""
             problems.append(f"{where}{old}: this key is now `{new}` ({why})")
+    for (section, key), new in REPLACED_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            line = lines.get((section, key))
+            where = f"line {line}: " if line else ""
+            problems.append(f"{where}{section}.{key}: no longer a key; {new}")
     return problems
 
 

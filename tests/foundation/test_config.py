@@ -144,6 +144,16 @@ def test_renamed_sections_are_named_with_their_new_place(tmp_path):
                                   "this section is now `generate`")
 
 
+def test_replaced_keys_name_the_decision_rule(tmp_path):
+    path = _quickstart_with(tmp_path, "  max_tokens: 8", "  max_tokens: 8\n  quality_bar: 0.9")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    (problem,) = err.value.problems
+    assert problem == (f"line {_line_of(path, 'quality_bar')}: eval.quality_bar: no longer a "
+                       "key; the ship decision is a paired test now: eval.alpha, "
+                       "eval.non_inferiority_margin, eval.max_forgetting")
+
+
 @pytest.mark.parametrize("labels, expected", [
     ("[positive, negative, positive]", "duplicate label 'positive': same as 'positive'"),
     ("[positive, negative, Positive]", "duplicate label 'Positive': same as 'positive'"),

@@ -31,6 +31,7 @@ LAYER_OF = {
     "teachers": "libraries", "teachers.generate": "stages",
     "students": "libraries", "students.sft": "stages", "students.dpo": "stages",
     "students.export": "stages",
+    "distill.decision": "libraries",
     "ray_jobs": "libraries", "ray_jobs.submit": "stages", "ray_jobs.status": "stages",
     "ray_jobs.logs": "stages", "ray_jobs.schedule": "stages", "ray_jobs.entrypoint": "cli",
     "distill.prompts": "stages", "distill.check": "stages", "distill.curate": "stages", "distill.pairs": "stages",

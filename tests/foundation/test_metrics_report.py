@@ -6,8 +6,28 @@ import json
 
 import pytest
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distill import decision as D
 from distill import metrics
+from distill.core.config import RunConfig
 from distill.report import build_report, render_html, render_markdown, verdict
+
+
+
+def report_config(task_type: str = "classification") -> RunConfig:
+    """The config build_report reads (task type, decision rule, prices)."""
+    task = {"name": "t", "type": task_type, "instruction": "?",
+            "labels": ["positive", "negative"] if task_type == "classification" else None,
+            "json_schema": {"type": "object"} if task_type == "json" else None}
+    return RunConfig.model_validate({
+        "run_name": "t", "output_dir": "/tmp/unused", "task": task,
+        "teacher": {"model": "x"}, "student": {"model": "y"},
+        "cost": {"teacher": {"per_hour_usd": 2.0}, "student": {"per_hour_usd": 1.0}}})
+
+
+CFG = report_config()
 
 
 def test_accuracy_and_macro_f1_by_hand():
@@ -39,40 +59,73 @@ def _est(v):
     return {"value": v, "ci_low": v - 0.02, "ci_high": v + 0.02}
 
 
-def test_verdict_passes_and_fails_against_the_bar():
-    models = {"teacher": {"accuracy": _est(0.86), "latency_p50_ms": 300.0},
-              "student_sft": {"accuracy": _est(0.80), "latency_p50_ms": 60.0},
-              "student_dpo": {"accuracy": _est(0.83), "latency_p50_ms": 61.0}}
-    v = verdict(models, "accuracy", 0.95)
-    assert v["passes"] and v["student"] == "student_dpo" and v["ship"] == "student_dpo"
-    assert v["latency_ratio"] == pytest.approx(61 / 300)
-    v = verdict(models, "accuracy", 0.99)
-    assert not v["passes"] and v["ship"] == "student_base"
-    assert "does not clear the bar" in v["text"]
-    assert verdict({"teacher": {"accuracy": _est(0.9)}}, "accuracy", 0.9)["passes"] is None
+def _correct(n: int, total: int = 200) -> dict[str, float]:
+    return {f"x{i:03d}": float(i < n) for i in range(total)}
+
+
+def _predictions(run_dir, **correct: int) -> None:
+    """eval/predictions.parquet with the first `correct[model]` of 200 items right."""
+    rows = [{"example_id": f"x{i:03d}", "model": m, "answer": "", "gold": "positive",
+             "parsed": "positive" if i < n else "negative"}
+            for m, n in correct.items() for i in range(200)]
+    (run_dir / "eval").mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), run_dir / "eval" / "predictions.parquet")
+
+
+def test_verdict_is_the_decision_with_latency_and_cost():
+    models = {"teacher": {"accuracy": _est(0.80), "latency_p50_ms": 300.0,
+                          "cost_per_1k_requests": 0.5},
+              "student_dpo": {"accuracy": _est(0.80), "latency_p50_ms": 61.0,
+                              "cost_per_1k_requests": 0.1}}
+    decision = D.decide({"teacher": _correct(160), "student_base": _correct(120),
+                         "student_dpo": _correct(160)}, {}, D.Rule(), "accuracy")
+    cost = {"one_off": {"items": [], "total_usd": 12.0, "complete": True},
+            "student": "student_dpo", **D.break_even(12.0, 0.5, 0.1)}
+    v = verdict(models, "accuracy", decision, cost)
+    assert v["passes"] and v["ship"] == "student_dpo" and v["branch"] == "ship_student"
+    assert v["latency_ratio"] == pytest.approx(61 / 300) and v["cost_ratio"] == pytest.approx(0.2)
+    assert v["text"].endswith("Distilling cost $12.00 once; the SFT+DPO student saves $0.4000 "
+                              "per 1k requests against the teacher, so it pays for itself after "
+                              "30,000 requests.")
+    incomplete = D.decide({"teacher": _correct(160)}, {}, D.Rule(), "accuracy")
+    assert verdict({"teacher": {"accuracy": _est(0.9)}}, "accuracy", incomplete)["passes"] is None
 
 
 def test_report_renders_from_stage_outputs(tmp_path):
-    (tmp_path / "eval").mkdir()
+    _predictions(tmp_path, teacher=160, student_base=120, student_dpo=160)
     (tmp_path / "eval" / "results.json").write_text(json.dumps({
         "main_metric": "accuracy",
-        "models": {"teacher": {"accuracy": _est(0.86)}, "student_dpo": {"accuracy": _est(0.84)}},
+        "models": {"teacher": {"accuracy": _est(0.80)}, "student_base": {"accuracy": _est(0.6)},
+                   "student_dpo": {"accuracy": _est(0.80)}},
     }))
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.json").write_text(json.dumps({"models": {
+        "teacher": {"cost_per_1k_requests": 0.5}, "student_dpo": {"cost_per_1k_requests": 0.1}}}))
     manifest = {"run_id": "r1", "config": {"task": {"name": "t"}},
                 "summaries": {"prompts": {"train_prompts": 100},
                               "generate": {"completions": 300},
                               "curate": {"funnel": [{"step": "vote: agreement",
                                                      "unit": "examples", "in": 100,
                                                      "dropped": 12, "out": 88,
-                                                     "note": "agreement rows 30"}]}}}
-    report = build_report(tmp_path, manifest, 0.95)
-    assert report["verdict"]["passes"]
+                                                     "note": "agreement rows 30"}]},
+                              "sft": {"seconds": 3600, "world_size": 1}}}
+    report = build_report(tmp_path, manifest, CFG)
+    v = report["verdict"]
+    assert v["passes"] and v["ship"] == "student_dpo"
+    assert v["students"]["student_dpo"]["vs_base"]["p_value"] == pytest.approx(0.5 ** 40, rel=.01)
+    assert v["cost"]["one_off"]["total_usd"] == 1.0 and v["cost"]["break_even_requests"] == 2500
+    assert "pays for itself after 2,500 requests" in v["text"]
     assert [f["rows"] for f in report["funnel"]] == [100, 300, 88]
     md = render_markdown(report)
     assert "| vote: agreement | examples | 12 | 88 | agreement rows 30 |" in md
-    assert "| student SFT+DPO | 0.840 [0.820, 0.860]" in md
+    assert "| student SFT+DPO | 0.800 [0.780, 0.820]" in md
+    assert ("| student SFT+DPO - base student | +0.200 [+0.145, +0.255] | 9.09e-13 |  | "
+            "exact McNemar | yes |") in md
+    assert "| student SFT+DPO - teacher | +0.000 [+0.000, +0.000] | 1 | 0.0217 |" in md
+    assert "| break-even (requests) |  |  |  | 2500 |" in md
     page = render_html(report, {"quality": "AAAA"})
     assert 'id="verdict"' in page and "data:image/png;base64,AAAA" in page
+    assert "<td>student SFT+DPO - base student</td>" in page and "Cost of distilling" in page
 
 
 def test_no_verdict_against_a_teacher_that_failed_its_check(tmp_path):
@@ -94,9 +147,9 @@ def test_no_verdict_against_a_teacher_that_failed_its_check(tmp_path):
                               "curate": {"labels": {"teacher": {"world": 98, "sports": 2},
                                                     "gold": {"world": 20, "sports": 80},
                                                     "kept": {"world": 20, "sports": 2}}}}}
-    report = build_report(tmp_path, manifest, 0.95)
+    report = build_report(tmp_path, manifest, CFG)
     v = report["verdict"]
-    # The student is above 0.95 x teacher, but the teacher is at chance: no ship decision.
+    # The teacher is at chance: no ship decision against it.
     assert v["passes"] is False and v["ship"] is None and v["teacher_failed_check"]
     assert v["text"].startswith("No verdict against the teacher: it failed its check "
                                 "(accuracy 0.220 [0.20, 0.24] on 60 training prompts vs 0.200 "
@@ -116,7 +169,9 @@ def test_every_verdict_states_the_teacher_against_the_majority_label():
     models = {"teacher": {"accuracy": _est(0.80)}, "student_dpo": {"accuracy": _est(0.79)}}
     majority = {"answer": "positive", "metric": "accuracy", "accuracy": _est(0.5),
                 "teacher_vs_majority": {"method": "exact McNemar", "p_value": 0.0001}}
-    v = verdict(models, "accuracy", 0.95, {"passed": True}, majority)
+    decision = D.decide({"teacher": _correct(160), "student_base": _correct(120),
+                         "student_dpo": _correct(160)}, {}, D.Rule(), "accuracy")
+    v = verdict(models, "accuracy", decision, None, {"passed": True}, majority)
     assert v["passes"] and "always answering 'positive' scores 0.500 (gap +0.300" in v["text"]
 
 
@@ -135,7 +190,7 @@ def test_free_text_report_has_the_judge_the_reference_and_cut_answers(tmp_path):
                   "reference": "none", "rubric": None, "models": {"student_sft": judged}},
     }))
     manifest = {"run_id": "r3", "config": {"task": {"name": "t", "type": "free_text"}}}
-    report = build_report(tmp_path, manifest, 0.95)
+    report = build_report(tmp_path, manifest, report_config("free_text"))
     assert report["main_metric"] == "rouge_l" and report["higher_is_better"]
     md = render_markdown(report)
     assert "| model | rouge_l (95% CI, higher is better) | cut at 128 tok |" in md
@@ -159,8 +214,8 @@ def test_json_report_names_field_f1_from_the_task(tmp_path):
         "reference": "gold", "examples": 10,
         "models": {"teacher": {"field_f1": _est(0.9)}, "student_dpo": {"field_f1": _est(0.88)}}}))
     manifest = {"run_id": "r4", "config": {"task": {"name": "t", "type": "json"}}}
-    report = build_report(tmp_path, manifest, 0.95)
-    assert report["main_metric"] == "field_f1" and report["verdict"]["passes"]
+    report = build_report(tmp_path, manifest, report_config("json"))
+    assert report["main_metric"] == "field_f1"
     md = render_markdown(report)
     assert "field_f1 (95% CI, higher is better)" in md and "cut at" not in md
     assert "Scored against the gold answers of 10 held-out rows" in md

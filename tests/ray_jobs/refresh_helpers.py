@@ -73,12 +73,27 @@ def fake_generate(run: Run) -> dict:
     return {"prompts": len(prompts), "rows": len(rows)}
 
 
+HELD_OUT = 400  # items in the stand-in eval: enough for the gate's paired tests to decide
+
+
+def fake_predictions(run: Run, accuracy: dict[str, float]) -> None:
+    """eval/predictions.parquet as eval writes it, on HELD_OUT stand-in items (the real
+    held-out set here has 6 rows, too few to show anything): each model right on its first
+    accuracy x HELD_OUT items, so versions are paired item by item."""
+    rows = [{"example_id": f"h{i:04d}", "model": model, "answer": "", "gold": "positive",
+             "parsed": "positive" if i < round(acc * HELD_OUT) else "negative"}
+            for model, acc in accuracy.items() for i in range(HELD_OUT)]
+    pq.write_table(pa.Table.from_pylist(rows), run.stage_dir("eval") / "predictions.parquet")
+
+
 class FakeTrainer:
     """Stand-in for pairs/sft/dpo/export/eval (see module docstring): adapters are empty
-    folders, and eval reports the accuracy the test chose for this run dir."""
+    folders, and eval reports the accuracy the test chose for this run dir (the teacher at
+    `teacher`, the prompted base student at 0.5, no forgetting)."""
 
-    def __init__(self, accuracy: float):
+    def __init__(self, accuracy: float, teacher: float = 0.72):
         self.accuracy = accuracy
+        self.teacher = teacher
 
     def __call__(self, run: Run, name: str) -> dict:
         if name in ("sft", "dpo"):
@@ -86,10 +101,13 @@ class FakeTrainer:
             adapter.mkdir(exist_ok=True)
             (adapter / "adapter_config.json").write_text("{}")
         if name == "eval":
+            accuracy = {"teacher": self.teacher, "student_base": 0.5,
+                        "student_sft": self.accuracy - 0.01, "student_dpo": self.accuracy}
             results = {"main_metric": "accuracy",
-                       "models": {"student_sft": {"accuracy": self.accuracy - 0.01},
-                                  "student_dpo": {"accuracy": self.accuracy}}}
+                       "models": {m: {"accuracy": a} for m, a in accuracy.items()},
+                       "general_ability": {m: 1.0 for m in accuracy if m != "teacher"}}
             (run.stage_dir("eval") / "results.json").write_text(json.dumps(results))
+            fake_predictions(run, accuracy)
         return {"fake": name}
 
 
@@ -98,9 +116,9 @@ class Runner:
     in the manifest the same way, and a log of what actually ran (for resume checks)."""
 
     def __init__(self, accuracy: float = 0.7, fail_at: str | None = None,
-                 real: tuple[str, ...] = ("prompts", "curate")):
+                 real: tuple[str, ...] = ("prompts", "curate"), teacher: float = 0.72):
         self.real = real
-        self.train = FakeTrainer(accuracy)
+        self.train = FakeTrainer(accuracy, teacher)
         self.fail_at = fail_at
         self.ran: list[tuple[str, str]] = []
         self.fakes: dict[str, Callable[[Run], dict]] = {"generate": fake_generate}

@@ -22,7 +22,7 @@ def grown(tmp_path):
     src = tmp_path / "prompts"
     old = sentences(30, seed=1)
     write_jsonl(src / "a.jsonl", old)
-    cfg = make_config(tmp_path, src, refresh={"tolerance": 0.01})
+    cfg = make_config(tmp_path, src)
     first_run(cfg, Runner(accuracy=0.70))
     new = sentences(8, seed=2)
     # Two texts already seen (exact repeats are not new prompts), and a near-duplicate of a
@@ -76,20 +76,32 @@ def test_refresh_generates_only_for_new_prompts(grown):
 
 def test_gate_keeps_the_promoted_student_when_worse(grown):
     cfg, _, _ = grown
-    result = R.refresh(cfg, Runner(accuracy=0.60))  # 0.60 < 0.70 - 0.01
+    result = R.refresh(cfg, Runner(accuracy=0.60))
     assert result.status == "kept" and result.current == pytest.approx(0.70)
     assert V.read_promoted(cfg.output_dir)["version"] == "v0000"
     lineage = V.lineage(cfg.output_dir / "refresh" / "v0001")
-    assert lineage["status"] == "kept" and "kept v0000" in lineage["gate"]["reason"]
+    assert lineage["status"] == "kept"
+    assert lineage["gate"]["reason"].startswith(
+        "kept v0000: v0001's student is not significantly better than the promoted student "
+        "v0000 (accuracy -0.100")
+    assert lineage["gate"]["tests"]["vs_base"]["b_only"] == 40  # paired on the same items
 
 
-def test_within_tolerance_is_promoted_and_rollback_restores(grown):
+def test_gate_needs_evidence_and_rollback_restores(grown):
     cfg, _, _ = grown
-    assert R.refresh(cfg, Runner(accuracy=0.695)).status == "promoted"  # >= 0.70 - 0.01
+    # one item better out of 400 is no evidence: the promoted student stays
+    assert R.refresh(cfg, Runner(accuracy=0.7025)).status == "kept"
+    more = sentences(3, seed=4)
+    write_jsonl(cfg.prompts.path / "c.jsonl", more)
+    # far better, but not within 0.02 of the teacher (0.90): the teacher check holds it back
+    held = R.refresh(cfg, Runner(accuracy=0.85, teacher=0.90))
+    assert held.status == "kept" and "not shown within 0.02 of the teacher" in held.reason
+    write_jsonl(cfg.prompts.path / "d.jsonl", sentences(3, seed=5))
+    assert R.refresh(cfg, Runner(accuracy=0.72)).status == "promoted"  # 8 items more, p=.004
     back = P.rollback(cfg)
-    assert back["version"] == "v0000" and back["reason"] == "rollback from v0001"
+    assert back["version"] == "v0000" and back["reason"] == "rollback from v0003"
     assert V.read_promoted(cfg.output_dir)["version"] == "v0000"
-    assert P.promote_version(cfg, "v0001")["version"] == "v0001"
+    assert P.promote_version(cfg, "v0003")["version"] == "v0003"
     with pytest.raises(DistillError, match="v0007"):
         P.promote_version(cfg, "v0007")
 
