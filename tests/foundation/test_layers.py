@@ -25,7 +25,8 @@ LAYERS = ("core", "libraries", "stages", "cli")  # lowest first
 LAYER_OF = {
     "distill.core": "core",
     "distill.curation": "libraries", "distill.data": "libraries", "distill.metrics": "libraries",
-    "distill.stats": "libraries",
+    "distill.stats": "libraries", "distill.forgetting": "libraries",
+    "distill.ifbench_checks": "libraries",
     "distill.engines": "libraries",
     "teachers": "libraries", "teachers.generate": "stages",
     "students": "libraries", "students.sft": "stages", "students.dpo": "stages",
