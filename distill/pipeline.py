@@ -75,7 +75,7 @@ EVAL = Stage("eval", evaluate.run_eval, "held-out quality of teacher and student
 BENCH = Stage("bench", bench.run_bench, "latency, throughput, cost", ("bench",),
               lambda cfg: cfg.bench.enabled, reads=("bench",))
 REPORT = Stage("report", report.run_report, "HTML/MD/JSON report", ("report",),
-               reads=("run_name", "refresh"))
+               reads=("run_name", "refresh", "eval.quality_bar"))  # the verdict's bar
 
 STAGES: tuple[Stage, ...] = (PROMPTS, CHECK, GENERATE, CURATE, PAIRS, SFT, DPO, EXPORT, EVAL, BENCH,
                              REPORT)
@@ -141,7 +141,7 @@ def set_aside(run: Run, stage: Stage) -> None:
     """Before a stale stage reruns, its folder goes to <run>/stale/<old hash>/, so nothing
     made under the old config is resumed (finished shards, checkpoints, saved eval answers).
     Curation's persistent index in the run dir goes too: it would dedup the new data against
-    the old. Nothing is deleted."""
+    the old. Nothing is deleted but an older set-aside of the same config's output."""
     digest, _ = run.stage_config(stage.name)
     dest = run.dir / "stale" / str(digest)
     folders = [] if stage.keep_on_rerun else [run.dir / stage.name]
