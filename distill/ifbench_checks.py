@@ -7,6 +7,9 @@
 # (the same pattern) and the trigram overlap builds its trigrams without nltk.
 """IFBench's programmatic checkers for the instruction kinds that need no downloads.
 
+tests/foundation/test_forgetting.py runs IFBench's own checker classes beside these on its
+sample answers and edge cases: the same verdict every time (1,300+ checks).
+
 We do not import `ifbench.instructions`: importing it downloads a spaCy model and nltk data
 (`punkt_tab`, stopwords, a POS tagger) from the network. The kinds below need none of that:
 their checks are string and regex logic. Kinds left out (their checkers need nltk data, spaCy,

@@ -5,6 +5,10 @@ eval writes (another decision reads exactly that shape)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +17,8 @@ from distill.core.config import GeneralPrompt
 from distill.core.errors import ConfigError
 from distill.forgetting import Item, load_items, score_item, summarize
 from distill.ifbench_checks import CHECKERS, follows
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_items_are_a_fixed_subset_of_supported_ifbench_prompts():
@@ -83,3 +89,52 @@ def test_summary_shape_and_own_prompts():
     assert base["value"] == 0.5 and base["ci_low"] < 0.5 < base["ci_high"]
     assert set(base) == {"value", "ci_low", "ci_high"}
     assert forgetting.items_for(None, 0) == ([], "off")
+
+
+UPSTREAM = r'''
+import json, re, sys, types
+# IFBench's modules import nltk, spaCy (and download a spaCy model), emoji and syllapy at import
+# time. The kinds vendored here use none of them but nltk's RegexpTokenizer and ngrams, which
+# these stand-ins provide; the rest are empty so that the import does not reach the network.
+nltk = types.ModuleType("nltk")
+nltk.data = types.SimpleNamespace(find=lambda *a, **k: None, load=lambda *a, **k: None)
+nltk.download = lambda *a, **k: None
+class RegexpTokenizer:
+    def __init__(self, pattern): self.pattern = re.compile(pattern)
+    def tokenize(self, text): return self.pattern.findall(text)
+nltk.tokenize = types.SimpleNamespace(RegexpTokenizer=RegexpTokenizer)
+nltk.ngrams = lambda seq, n: zip(*[seq[i:] for i in range(n)])
+spacy, cli = types.ModuleType("spacy"), types.ModuleType("spacy.cli")
+cli.download = lambda *a: None
+spacy.cli = cli
+sys.modules.update({"nltk": nltk, "spacy": spacy, "spacy.cli": cli,
+                    "emoji": types.ModuleType("emoji"), "syllapy": types.ModuleType("syllapy"),
+                    "immutabledict": types.SimpleNamespace(immutabledict=dict)})
+from ifbench import instructions_registry
+from distill import forgetting
+from distill.ifbench_checks import follows
+path = forgetting.data_file().with_name("sample_output.jsonl")
+answers = {r["prompt"]: r["response"] for r in map(json.loads, path.read_text().splitlines())}
+extra = ["", "yes", "abc 1 2", "My Answer: a My Conclusion: b Future Outlook: c",
+         "(a [b {c (d [e])}])", "* a\n- b\n* c\n- d", "One. Two.\n* a\n* b"]
+diff = total = 0
+for item in forgetting.load_items(169):
+    for answer in [answers[item.prompt]] + extra:
+        for kind, kwargs in zip(item.instruction_ids, item.kwargs):
+            checker = instructions_registry.INSTRUCTION_DICT[kind](kind)
+            checker.build_description(**kwargs)
+            upstream = bool(answer.strip()) and bool(checker.check_following(answer))
+            total += 1
+            diff += upstream != follows(kind, answer, kwargs)
+print(json.dumps({"total": total, "diff": diff}))
+'''
+
+
+def test_vendored_checkers_agree_with_ifbench_own():
+    """The same verdicts as IFBench's own checker classes, on its sample answers and a few
+    edge cases (in a subprocess: importing IFBench needs stand-ins for its nltk/spaCy use)."""
+    proc = subprocess.run([sys.executable, "-c", UPSTREAM], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["total"] > 1000 and result["diff"] == 0
