@@ -61,10 +61,10 @@ def build_report(run_dir: Path, manifest: dict, quality_bar: float) -> dict[str,
         "labels": (summaries.get("curate") or {}).get("labels"),
         "funnel": _funnel(summaries, check),
         "general_ability": evals.get("general_ability"),
-        "forgetting": {k: v for k, v in (evals.get("forgetting") or {}).items()
-                       if k != "item_scores"} or None,
         "bench_settings": bench.get("settings"),
         "stage_seconds": {k: v.get("seconds") for k, v in manifest.get("stages", {}).items()},
+        "forgetting": {k: v for k, v in (evals.get("forgetting") or {}).items()
+                       if k != "item_scores"} or None,
     }
 
 
