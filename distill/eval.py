@@ -15,7 +15,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from distill import forgetting, metrics
+from distill import metrics
 from distill.core.config import RunConfig, TaskConfig
 from distill.data import majority_label, read_examples
 from distill.core.errors import StageNotReadyError
@@ -24,6 +24,7 @@ from distill.core.messages import Message, teacher_messages
 from distill.core.io import read_json, write_json_atomic, write_parquet_atomic
 from distill.core.rundir import Run
 from distill.stats import compare
+from distill import forgetting
 
 MAIN_METRIC = {"classification": "accuracy", "free_text": "rouge_l", "json": "json_valid"}
 
@@ -194,12 +195,12 @@ def run_eval(run: Run) -> dict:
                                            if "general" in a}, general_source)
     general_scores = {name: m["value"] for name, m in check["models"].items()}
     summary = {"main_metric": MAIN_METRIC[cfg.task.type], "reference": reference,
-               "examples": len(examples), "models": results, "general_ability": general_scores,
-               "forgetting": check}
+               "examples": len(examples), "models": results, "general_ability": general_scores}
     tuned = [c.adapter.parent.name for c in everyone if c.adapter is not None]
     if tuned:
         summary["inputs_shortened_for_student"] = shortened_inputs(
             run, tuned[-1], [e.text for e in examples])
+    summary["forgetting"] = check
     if reference == "gold" and cfg.task.type != "free_text":
         teacher_parsed = [r["parsed"] for r in rows if r["model"] == "teacher"]
         summary["majority_baseline"] = majority_baseline(run, teacher_parsed, gold)
