@@ -243,7 +243,8 @@ def run(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
         force: bool = ForceOpt,
         stages: Optional[list[str]] = typer.Option(
             None, "--stage", help="only these stages, in data-flow order (repeatable)")):
-    """Every stage in order; stages already done in the run dir are skipped (resume)."""
+    """Every stage in order; stages already done in the run dir are skipped (resume). A stage
+    done under another config is refused, naming the changed keys; --force reruns those."""
     r = _run(config, overrides)
     pipeline.run_all(r, force=force, only=tuple(stages or ()))
     table = Table("stage", "status", "seconds", title=f"run {r.run_id}: {r.dir}")

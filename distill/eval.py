@@ -2,7 +2,8 @@
 
 All four answer the same held-out rows, greedily, through the same engine interface; each is
 scored with the task's metrics and a bootstrap 95% CI. The students also answer a few broad
-prompts, so forgetting shows up next to the task gain. Each contender's answers are saved as
+instruction-following prompts (distill/forgetting.py: IFBench items, scored 0/1), so forgetting
+shows up next to the task gain. Each contender's answers are saved as
 soon as they exist, so a crash in the middle resumes without re-running the finished ones.
 
 Answers get `cfg.answer_tokens` tokens; those cut at the limit are scored as they are and
@@ -19,8 +20,8 @@ from typing import Callable
 
 import pyarrow as pa
 
-from distill import judge, metrics
-from distill.core.config import GeneralPrompt, RunConfig, TaskConfig
+from distill import forgetting, judge, metrics
+from distill.core.config import RunConfig, TaskConfig
 from distill.data import majority_label, read_examples
 from distill.core.errors import ConfigError, StageNotReadyError
 from distill.curation.labels import canonical_json, normalize_label
@@ -28,17 +29,8 @@ from distill.core.messages import Message, teacher_messages
 from distill.core.io import read_json, write_json_atomic, write_parquet_atomic
 from distill.core.rundir import Run
 from distill.stats import compare
+from distill import forgetting
 
-GENERAL_PROMPTS = [
-    GeneralPrompt(prompt="What is the capital of France? Answer in one word.", expect=["paris"]),
-    GeneralPrompt(prompt="What is 2 + 3? Answer with a number.", expect=["5", "five"]),
-    GeneralPrompt(prompt="Which planet is the largest in our solar system?", expect=["jupiter"]),
-    GeneralPrompt(prompt="What colour is the sky on a clear day?", expect=["blue"]),
-    GeneralPrompt(prompt="How many days are there in a week?", expect=["7", "seven"]),
-    GeneralPrompt(prompt="Who wrote Romeo and Juliet?", expect=["shakespeare"]),
-    GeneralPrompt(prompt="What is the opposite of hot?", expect=["cold"]),
-    GeneralPrompt(prompt="What do bees make?", expect=["honey"]),
-]
 MAIN_METRIC = metrics.MAIN_METRIC
 
 
@@ -124,16 +116,13 @@ def json_metric_items(task: TaskConfig, answers: list[str], gold: list[str]) -> 
             "schema_valid": (metrics.mean, in_schema)}
 
 
-def general_ability(answers: list[str], prompts: list[GeneralPrompt]) -> float:
-    hits = [any(e.lower() in a.lower() for e in p.expect) for a, p in zip(answers, prompts)]
-    return sum(hits) / len(hits) if hits else 0.0
-
-
-def _requests(cfg: RunConfig, c: Contender, examples, general: list[GeneralPrompt]):
-    """(message lists, max_tokens) per request: the task, and for students the forgetting check."""
+def _requests(cfg: RunConfig, c: Contender, examples, general: list[forgetting.Item]):
+    """(message lists, max_tokens) per request: the task, and for students the forgetting check
+    (IFBench's instructions need room: `eval.forgetting_max_tokens`; own short questions: 32)."""
     requests = [([c.prompt(cfg.task, ex.text) for ex in examples], cfg.answer_tokens)]
-    if c.role == "student":
-        requests.append(([[{"role": "user", "content": p.prompt}] for p in general], 32))
+    if c.role == "student" and general:
+        tokens = cfg.eval.forgetting_max_tokens if general[0].instruction_ids else 32
+        requests.append(([[{"role": "user", "content": p.prompt}] for p in general], tokens))
     return requests
 
 
@@ -153,7 +142,7 @@ def is_merged(cfg: RunConfig, group: list[Contender]) -> bool:
 
 
 def _answer_all(run: Run, group: list[Contender], examples,
-                general: list[GeneralPrompt]) -> dict[str, dict]:
+                general: list[forgetting.Item]) -> dict[str, dict]:
     """Greedy answers of the contenders of one engine group; each saved as soon as it ends,
     and not asked again on a rerun."""
     from distill.engines import merged_student, open_generator
@@ -161,6 +150,10 @@ def _answer_all(run: Run, group: list[Contender], examples,
 
     cached = {c.name: read_json(run.paths.eval_answers(c.name)) for c in group
               if run.paths.eval_answers(c.name).exists()}
+    # answers saved for another forgetting item list (older code, other items) are asked again
+    students = {c.name for c in group if c.role == "student"}
+    cached = {name: a for name, a in cached.items()
+              if name not in students or len(a.get("general", [])) == len(general)}
     todo = [c for c in group if c.name not in cached]
     if not todo:
         return cached
@@ -271,7 +264,8 @@ def run_eval(run: Run) -> dict:
     if not test_path.exists():
         raise StageNotReadyError("eval needs prompts/test.parquet: run `distill prompts` first")
     examples = read_examples(test_path)[: cfg.eval.max_examples]
-    general = cfg.eval.general_prompts or GENERAL_PROMPTS
+    general, general_source = forgetting.items_for(cfg.eval.general_prompts,
+                                                   cfg.eval.forgetting_items)
     check_judge_key(cfg)
     everyone = contenders(run)
     answers: dict[str, dict] = {}
@@ -292,8 +286,9 @@ def run_eval(run: Run) -> dict:
                   "gold": g, "finish_reason": f}
                  for ex, a, p, g, f in zip(examples, ans["task"], parsed, gold, finish)]
     write_parquet_atomic(run.paths.eval_predictions, pa.Table.from_pylist(rows))
-    general_scores = {name: general_ability(a["general"], general)
-                      for name, a in answers.items() if "general" in a}
+    check = forgetting.summarize(general, {name: a["general"] for name, a in answers.items()
+                                           if "general" in a}, general_source)
+    general_scores = {name: m["value"] for name, m in check["models"].items()}
     summary = {"main_metric": MAIN_METRIC[cfg.task.type], "reference": reference,
                "examples": len(examples), "models": results, "general_ability": general_scores,
                "truncated": truncated(cfg, answers)}
@@ -303,6 +298,7 @@ def run_eval(run: Run) -> dict:
     if tuned:
         summary["inputs_shortened_for_student"] = shortened_inputs(
             run, tuned[-1], [e.text for e in examples])
+    summary["forgetting"] = check
     if reference == "gold" and cfg.task.type != "free_text":
         teacher_parsed = [r["parsed"] for r in rows if r["model"] == "teacher"]
         summary["majority_baseline"] = majority_baseline(run, teacher_parsed, gold)

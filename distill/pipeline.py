@@ -8,6 +8,7 @@ functions that use them, so importing this table is cheap.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,7 +17,8 @@ from rich.console import Console
 from distill import bench, check, curate, pairs, prompts, report
 from distill import eval as evaluate
 from distill.core.config import RunConfig
-from distill.core.errors import ConfigError, DistillError
+from distill.core import stale
+from distill.core.errors import ConfigError, DistillError, StaleStageError
 from distill.core.rundir import Run
 from students import dpo, export, sft
 from teachers import generate
@@ -34,6 +36,11 @@ class Stage:
     uses_teacher: Callable[[RunConfig], bool] = lambda cfg: False  # needs the API key, if any
     first: tuple[str, ...] = ()  # stages that run before this one, whenever it runs
     then: Callable[[Run, dict], dict] | None = None  # a watch on its summary; may stop the run
+    # Config keys (dotted prefixes) this stage is the first in data-flow order to read. A
+    # stage's results depend on the keys of its own and every earlier stage; a key no stage
+    # names (run_name, seed, task, prompts, a new section) counts as read by the first stage.
+    reads: tuple[str, ...] = ()
+    keep_on_rerun: bool = False  # its folder holds only a cache keyed by what it asks
 
     @property
     def cli(self) -> str:
@@ -42,21 +49,33 @@ class Stage:
 
 PROMPTS = Stage("prompts", prompts.run_prompts,
                 "load task data, split off the held-out test set", ("prompts",))
+# The check asks the teacher as generation will (teacher, generate) and the base student
+# (its model, and max_seq_len: the engine's length), with the eval answer budget
+# (eval.max_tokens); its answer cache is keyed by all that.
 CHECK = Stage("check", check.run_check, "is the teacher worth distilling? (gold sample)",
-              ("check",), lambda cfg: cfg.check.enabled)
+              ("check",), lambda cfg: cfg.check.enabled,
+              reads=("check", "teacher", "generate", "student.model", "student.max_seq_len",
+                     "eval.max_tokens"),
+              keep_on_rerun=True)
 GENERATE = Stage("generate", generate.run_generate, "teacher completions on a Ray actor pool",
-                 ("generate",), lambda cfg: True, first=("check",), then=check.watch_generation)
-CURATE = Stage("curate", curate.run_curate, "filters, dedup, decontamination", ("curate",))
+                 ("generate",), lambda cfg: True, first=("check",), then=check.watch_generation,
+                 reads=("cost",))  # the summary's cost estimate
+CURATE = Stage("curate", curate.run_curate, "filters, dedup, decontamination", ("curate",),
+               reads=("curate", "judge"))
 PAIRS = Stage("pairs", pairs.run_pairs, "preference pairs for DPO", ("pairs",),
-              lambda cfg: cfg.pairs.enabled and cfg.pairs.scorer == "judge")
-SFT = Stage("sft", sft.run_sft, "QLoRA SFT of the student", ("train", "sft"))
-DPO = Stage("dpo", dpo.run_dpo, "DPO on top of the SFT adapter", ("train", "dpo"))
-EXPORT = Stage("export", export.run_export, "adapter card, optional merged model", ("export",))
+              lambda cfg: cfg.pairs.enabled and cfg.pairs.scorer == "judge", reads=("pairs",))
+SFT = Stage("sft", sft.run_sft, "QLoRA SFT of the student", ("train", "sft"),
+            reads=("sft", "student", "task.student_instruction", "task.student_system_prompt"))
+DPO = Stage("dpo", dpo.run_dpo, "DPO on top of the SFT adapter", ("train", "dpo"),
+            reads=("dpo",))
+EXPORT = Stage("export", export.run_export, "adapter card, optional merged model", ("export",),
+               reads=("export",))
 EVAL = Stage("eval", evaluate.run_eval, "held-out quality of teacher and students", ("eval",),
-             lambda cfg: True)
+             lambda cfg: True, reads=("eval",))
 BENCH = Stage("bench", bench.run_bench, "latency, throughput, cost", ("bench",),
-              lambda cfg: cfg.bench.enabled)
-REPORT = Stage("report", report.run_report, "HTML/MD/JSON report", ("report",))
+              lambda cfg: cfg.bench.enabled, reads=("bench",))
+REPORT = Stage("report", report.run_report, "HTML/MD/JSON report", ("report",),
+               reads=("run_name", "refresh", "eval.quality_bar"))  # the verdict's bar
 
 STAGES: tuple[Stage, ...] = (PROMPTS, CHECK, GENERATE, CURATE, PAIRS, SFT, DPO, EXPORT, EVAL, BENCH,
                              REPORT)
@@ -70,16 +89,93 @@ def stage_by_name(name: str) -> Stage:
     raise DistillError(f"unknown stage {name!r}: the stages are {', '.join(STAGE_NAMES)}")
 
 
+# --- stale stages: finished under another config ------------------------------------------
+
+
+def first_reader(path: str) -> int:
+    """Index in STAGES of the first stage that reads this config key (longest prefix wins)."""
+    best, where = -1, 0
+    for i, s in enumerate(STAGES):
+        for prefix in s.reads:
+            if stale.under(path, prefix) and len(prefix) > best:
+                best, where = len(prefix), i
+    return where
+
+
+def stale_changes(run: Run, stage: Stage) -> list[tuple[str, object, object]]:
+    """The config changes that make a finished stage's output stale: keys read by it or an
+    earlier stage, other than where/how-fast keys. [] when it is not done or still fresh."""
+    if not run.is_done(stage.name):
+        return []
+    digest, old = run.stage_config(stage.name)
+    if digest == run.cfg.config_hash():
+        return []
+    if old is None:  # a manifest from before per-config records: only the hash is known
+        return [("(config hash)", digest, run.cfg.config_hash())]
+    index = STAGES.index(stage)
+    return [c for c in stale.changes(old, run.cfg.resolved())
+            if not stale.allowed(c[0]) and first_reader(c[0]) <= index]
+
+
+def stale_message(run: Run, found: dict[str, list], force_hint: str) -> str:
+    lines = [f"{', '.join(found)}: finished in {run.dir} under another config; their output "
+             "would be reused. Changed since:"]
+    seen: list[tuple] = []
+    for changed in found.values():
+        seen += [c for c in changed if c not in seen]
+    lines += [f"  - {stale.describe(c)}" for c in seen]
+    lines.append(f"{force_hint}, or set a new output_dir for a separate run. (Keys that only "
+                 "say where or how fast, such as ray.address, never count.)")
+    return "\n".join(lines)
+
+
+def refuse_stale_inputs(run: Run, stage: Stage) -> None:
+    """A stage reads what the earlier stages wrote: none of those may be stale."""
+    found = {s.name: c for s in STAGES[:STAGES.index(stage)] if (c := stale_changes(run, s))}
+    if found:
+        raise StaleStageError(stale_message(
+            run, found, f"`distill run --force` reruns the stale stages (then {stage.name})"))
+
+
+def set_aside(run: Run, stage: Stage) -> None:
+    """Before a stale stage reruns, its folder goes to <run>/stale/<old hash>/, so nothing
+    made under the old config is resumed (finished shards, checkpoints, saved eval answers).
+    Curation's persistent index in the run dir goes too: it would dedup the new data against
+    the old. Nothing is deleted but an older set-aside of the same config's output."""
+    digest, _ = run.stage_config(stage.name)
+    dest = run.dir / "stale" / str(digest)
+    folders = [] if stage.keep_on_rerun else [run.dir / stage.name]
+    if stage is CURATE and run.cfg.curate.dedup.index_dir is None:
+        folders.append(run.paths.dedup_index)
+    for folder in folders:
+        if folder.exists():
+            target = dest / folder.name
+            if target.exists():
+                shutil.rmtree(target)  # an earlier set-aside of the same config's output
+            target.parent.mkdir(parents=True, exist_ok=True)
+            folder.rename(target)
+            console.print(f"[dim]{stage.name}: output of the old config moved to {target}[/dim]")
+
+
 def run_stage(run: Run, stage: Stage | str, force: bool = False) -> dict | None:
-    """Run one stage (unless already done), recording it in the manifest."""
+    """Run one stage (unless already done), recording it in the manifest. A stage finished
+    under another config is refused (StaleStageError) unless forced, and so is any stage
+    whose inputs come from a stale earlier stage."""
     stage = stage_by_name(stage) if isinstance(stage, str) else stage
     name = stage.name
+    refuse_stale_inputs(run, stage)
+    changed = stale_changes(run, stage)
     if run.is_done(name) and not force:
+        if changed:
+            raise StaleStageError(stale_message(
+                run, {name: changed}, f"`{stage.cli} --force` reruns it"))
         console.print(f"[dim]{name}: already done, skipped (resume)[/dim]")
         return run.manifest["summaries"].get(name)
     for before in stage.first:  # e.g. the teacher check before generating at scale
         run_stage(run, before)
     check_api_keys(run.cfg, [stage])
+    if changed:
+        set_aside(run, stage)
     console.rule(f"[bold]{name}[/bold]: {stage.what}")
     with run.stage(name):
         summary = stage.run(run) or {}
@@ -102,15 +198,22 @@ def outcome_line(name: str, seconds: float | None, summary: dict, keys: int = 6)
 
 def run_all(run: Run, force: bool = False, only: tuple[str, ...] = ()) -> None:
     """Every stage in order (or only the named ones, still in data-flow order), skipping
-    those complete in the run dir (resume)."""
+    those complete in the run dir (resume). A stage finished under another config is refused
+    before anything runs; with `force` exactly those stages run again (and the ones not done),
+    while stages still valid under this config are kept."""
     for name in only:
         stage_by_name(name)  # an unknown name fails before anything runs
-    todo = [s for s in STAGES
-            if (not only or s.name in only) and (force or not run.is_done(s.name))]
+    chosen = [s for s in STAGES if not only or s.name in only]
+    upto = STAGES[:STAGES.index(chosen[-1]) + 1]  # what the chosen stages reuse
+    stale_now = {s.name: c for s in upto if (c := stale_changes(run, s))}
+    if stale_now and not force:
+        raise StaleStageError(stale_message(
+            run, stale_now, "`distill run --force` reruns exactly these stages (and what "
+                            "follows them)"))
+    todo = [s for s in chosen if s.name in stale_now or not run.is_done(s.name)]
     check_api_keys(run.cfg, todo)  # now, not after an hour of earlier stages
-    for stage in STAGES:
-        if not only or stage.name in only:
-            run_stage(run, stage, force=force)
+    for stage in chosen:
+        run_stage(run, stage, force=stage.name in stale_now)
 
 
 def check_api_keys(cfg: RunConfig, stages: list[Stage]) -> None:

@@ -17,6 +17,7 @@ from distill.core.artifacts import RunPaths
 from distill.metrics import HIGHER_IS_BETTER, MAIN_METRIC
 from distill.core.io import read_json, write_json_atomic, write_text_atomic
 from distill.core.config import RunConfig
+from distill.core.rundir import run_tags
 
 MODELS = ("teacher", "student_base", "student_sft", "student_dpo")
 LABELS = {"teacher": "teacher", "student_base": "student (base, prompted)",
@@ -76,6 +77,8 @@ def build_report(run_dir: Path, manifest: dict, cfg: RunConfig) -> dict[str, Any
         "judge": evals.get("judge"),
         "bench_settings": bench.get("settings"),
         "stage_seconds": {k: v.get("seconds") for k, v in manifest.get("stages", {}).items()},
+        "forgetting": {k: v for k, v in (evals.get("forgetting") or {}).items()
+                       if k != "item_scores"} or None,
     }
 
 
@@ -513,6 +516,21 @@ def _rule_line(report: dict) -> str:
             f"{rule['max_forgetting']:g} general ability.")
 
 
+FORGETTING_HEADER = ["model", "instructions followed (95% CI)"]
+
+
+def forgetting_rows(report: dict) -> tuple[str, list[list[str]]]:
+    """The forgetting check's caption and one row per student (eval/results.json)."""
+    found = report.get("forgetting") or {}
+    if not found.get("models"):
+        return "", []
+    rows = [[LABELS.get(name, name), f"{m['value']:.3f} [{m['ci_low']:.2f}, {m['ci_high']:.2f}]"]
+            for name, m in found["models"].items()]
+    return (f"{found['items']} instruction-following prompts ({found['source']}), each "
+            "answer scored 0/1 by its checker; a tuned student well below the base has "
+            "forgotten some general instruction following."), rows
+
+
 def render_markdown(report: dict) -> str:
     header, rows = table_rows(report)
     lines = [f"# distill report: {report['run_id']}", "", f"**Verdict:** {report['verdict']['text']}",
@@ -538,6 +556,11 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Data funnel", "", "| " + " | ".join(FUNNEL_HEADER) + " |",
                   "|" + "---|" * len(FUNNEL_HEADER)]
         lines += ["| " + " | ".join(_funnel_cells(f)) + " |" for f in report["funnel"]]
+    caption, rows = forgetting_rows(report)
+    if rows:
+        lines += ["", "## Forgetting check", "", caption, "",
+                  "| " + " | ".join(FORGETTING_HEADER) + " |", "|---|---|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -570,6 +593,7 @@ th:first-child, td:first-child {{ text-align: left; }}
 <div class="plots">{images}</div>
 <h2>Data funnel</h2>
 {funnel}
+{forgetting}
 <script>
 // Mark images that failed to load, and record the count (headless checks read it).
 window.addEventListener("load", () => {{
@@ -603,7 +627,11 @@ def render_html(report: dict, images: dict[str, str]) -> str:
                    for name, data in images.items())
     funnel = _html_table(FUNNEL_HEADER, [_funnel_cells(f) for f in report["funnel"]])
     passes = report["verdict"].get("passes")
-    return PAGE.format(run_id=html.escape(str(report["run_id"])),
+    caption, forgetting = forgetting_rows(report)
+    forgetting_html = (f"<h2>Forgetting check</h2><p>{html.escape(caption)}</p>"
+                       + _html_table(FORGETTING_HEADER, forgetting)) if forgetting else ""
+    return PAGE.format(forgetting=forgetting_html,
+                       run_id=html.escape(str(report["run_id"])),
                        task=html.escape(str(report["task"])),
                        verdict=html.escape(report["verdict"]["text"]),
                        verdict_class="pass" if passes else "fail",
@@ -621,6 +649,7 @@ def run_report(run) -> dict:
     """Stage `report`: write report/{report.json, report.md, report.html}."""
     paths = run.paths
     report = build_report(run.dir, run.manifest, run.cfg)
+    report["tags"] = run_tags(run)  # where the student came from (also on the exported card)
     images = plots(report, _read(paths.bench_results))
     write_json_atomic(paths.report_json, report)
     write_text_atomic(paths.report_md, render_markdown(report))

@@ -13,7 +13,7 @@ from pathlib import Path
 from distill.core.errors import StageNotReadyError
 from distill.core.io import file_sha256, read_json
 from distill.core.models import resolve
-from distill.core.rundir import Run
+from distill.core.rundir import Run, run_tags
 from students import card, data, modeling
 from students.fit import training_fitter
 from students.recipe import (
@@ -45,6 +45,7 @@ def run_dpo(run: Run) -> dict:
         base_path=base.path,
         data_path=str(pairs_path),
         data_sha256=file_sha256(pairs_path),
+        tags=run_tags(run),
         init_adapter=str(sft_adapter),
     )
     summary = run_job(run, job, train_worker)
@@ -128,6 +129,7 @@ def train_worker(job: TrainJob) -> dict:
         card.write_card(job.adapter_dir, stage="dpo", base_model=cfg.student.model,
                         base_path=job.base_path, dataset="pairs/pairs.parquet",
                         dataset_sha256=job.data_sha256, config=job.config, metrics=summary,
+                        tags=job.tags,
                         parent=job.init_adapter)
     write_summary(job, summary)
     return summary

@@ -14,7 +14,7 @@ from pathlib import Path
 from distill.core.errors import StageNotReadyError
 from distill.core.models import resolve
 from distill.core.io import write_json_atomic
-from distill.core.rundir import Run
+from distill.core.rundir import Run, run_tags
 from students import card
 from students.merge import merge
 
@@ -33,7 +33,7 @@ def run_export(run: Run) -> dict:
                     dataset=info.get("dataset", "?"),
                     dataset_sha256=info.get("dataset_sha256", "?"),
                     config=run.cfg.resolved(), metrics=metrics,
-                    parent=info.get("parent_adapter"))
+                    parent=info.get("parent_adapter"), tags=run_tags(run))
     summary = {"adapter": str(exported), "from_stage": stage,
                "adapter_mb": round(_size_mb(exported), 2), "merged": None}
     if run.cfg.export.merged:

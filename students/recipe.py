@@ -35,6 +35,7 @@ class TrainJob:
     data_path: str
     data_sha256: str
     init_adapter: str | None = None  # DPO starts from the SFT adapter
+    tags: dict | None = None  # distill.core.rundir.run_tags: provenance for the model card
 
     @property
     def cfg(self) -> RunConfig:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from distill.core.io import file_sha256
 from distill.core.models import resolve
-from distill.core.rundir import Run
+from distill.core.rundir import Run, run_tags
 from students import card, data, modeling
 from students.fit import training_fitter
 from students.recipe import (
@@ -41,6 +41,7 @@ def run_sft(run: Run) -> dict:
         base_path=base.path,
         data_path=str(train_path),
         data_sha256=file_sha256(train_path),
+        tags=run_tags(run),
     )
     summary = run_job(run, job, train_worker)
     run.record_model("student", {**base.to_manifest(), "adapter": str(job.adapter_dir),
@@ -136,7 +137,8 @@ def train_worker(job: TrainJob) -> dict:
         tokenizer.save_pretrained(str(job.adapter_dir))
         card.write_card(job.adapter_dir, stage="sft", base_model=cfg.student.model,
                         base_path=job.base_path, dataset="curate/train.parquet",
-                        dataset_sha256=job.data_sha256, config=job.config, metrics=summary)
+                        dataset_sha256=job.data_sha256, config=job.config, metrics=summary,
+                        tags=job.tags)
     write_summary(job, summary)
     return summary
 

@@ -536,8 +536,13 @@ class EvalConfig(Section):
                                       "against the base student on the forgetting check "
                                       "(absolute)")
     general_prompts: list[GeneralPrompt] | None = Field(
-        None, description="forgetting check on the students; None = built-in list"
-    )
+        None, description="your own forgetting-check prompts (answer must contain one of "
+                          "`expect`); they replace the IFBench items")
+    forgetting_items: int = Field(
+        100, ge=0, description="forgetting check: IFBench instruction-following prompts "
+                               "(fixed seeded subset, at most 169) each student answers; 0: off")
+    forgetting_max_tokens: int = Field(
+        256, gt=0, description="answer length for the forgetting-check prompts")
     max_tokens: int | None = Field(
         None, gt=0, description="answer length for the task prompts (None: "
                                 "task.max_answer_tokens, else generate.max_tokens)")

@@ -45,6 +45,10 @@ class StageNotReadyError(DistillError):
     """A stage needs the output of an earlier stage that has not run yet."""
 
 
+class StaleStageError(DistillError):
+    """A finished stage would be reused under a config other than the one it ran under."""
+
+
 class TeacherCheckError(DistillError):
     """The teacher (or its data) failed a quality check: distilling it would teach its errors."""
 

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from distill.core.artifacts import RunPaths
 from distill.core.config import RunConfig
-from distill.core.io import write_json_atomic
+from distill.core.io import file_sha256, write_json_atomic
 
 TRACKED_PACKAGES = (
     "distill", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "ray",
@@ -33,6 +33,28 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def run_tags(run: "Run") -> dict[str, Any]:
+    """What a model card and report.json carry so that a student found on its own says where
+    it came from: the run, its config hash, the training data's hash, the teacher and its
+    source hash, generation settings, the student's base and training settings, versions."""
+    cfg = run.cfg.resolved()
+    curated = run.paths.curated
+    teacher = run.manifest.get("models", {}).get("teacher", {})
+    return {
+        "run_id": run.run_id,
+        "config_hash": run.cfg.config_hash(),
+        "dataset": {"path": "curate/train.parquet",
+                    "sha256": file_sha256(curated) if curated.is_file() else None},
+        "teacher": {"model": cfg["teacher"]["model"], "backend": cfg["teacher"]["backend"],
+                    "source_sha256": teacher.get("source_sha256"), "source": teacher or None},
+        "generation": cfg["generate"],
+        "student": {"base": cfg["student"]["model"],
+                    **{k: v for k, v in cfg["student"].items() if k != "model"}},
+        "training": {"sft": cfg["sft"], "dpo": cfg["dpo"]},
+        "packages": package_versions(),
+    }
 
 
 def _now() -> str:
@@ -65,6 +87,13 @@ class Run:
                 "models": {},
                 "summaries": {},
             }
+        # Every config a stage ran under, by hash, so a later run can say which keys changed
+        # (distill/core/stale.py). A manifest written before this record existed still holds
+        # the last config it was opened with: kept under its hash.
+        configs = manifest.setdefault("configs", {})
+        if "config_hash" in manifest and "config" in manifest:
+            configs.setdefault(manifest["config_hash"], manifest["config"])
+        configs[self.cfg.config_hash()] = self.cfg.resolved()
         manifest["config_hash"] = self.cfg.config_hash()
         manifest["config"] = self.cfg.resolved()
         manifest["packages"] = package_versions()
@@ -90,6 +119,11 @@ class Run:
     def is_done(self, stage: str) -> bool:
         entry = self.manifest["stages"].get(stage, {})
         return entry.get("status") == "done"
+
+    def stage_config(self, stage: str) -> tuple[str | None, dict[str, Any] | None]:
+        """The hash and resolved config the stage last ran under (None: not recorded)."""
+        digest = self.manifest["stages"].get(stage, {}).get("config_hash")
+        return digest, self.manifest.get("configs", {}).get(digest)
 
     def record_model(self, role: str, info: dict[str, Any]) -> None:
         self.manifest["models"][role] = info

@@ -61,6 +61,12 @@ def test_full_run_writes_every_stage_and_the_report(tiny_run):
     assert gold["mode"] == "filter" and gold["disagree"] > 0
     curated = pq.read_table(tiny_run / "curate" / "train.parquet").to_pylist()
     assert curated and all(r["target"] == r["label"] for r in curated)
+    # The exported card and report.json say where the student came from.
+    tags = yaml.safe_load((tiny_run / "export" / "adapter" / "README.md").read_text()
+                          .split("---", 2)[1])["distill"]["run"]
+    assert tags["run_id"] == manifest["run_id"] == report["tags"]["run_id"]
+    assert tags["dataset"]["sha256"] and tags["teacher"]["source_sha256"]
+    assert report["forgetting"]["source"] == "eval.general_prompts"  # tiny_cpu's own prompts
     # The distilled student is served with the short prompt: fewer prompt tokens per request.
     assert report["models"]["student_dpo"]["prompt_tokens_per_request"] \
         < report["models"]["teacher"]["prompt_tokens_per_request"]
@@ -73,6 +79,13 @@ def test_rerun_skips_completed_stages(tiny_run):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("already done, skipped") == 11
+    # A changed key is refused, naming it, before anything runs (tests/foundation/
+    # test_stale_config.py has the rest)
+    proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(cfg), "--set",
+                           "generate.temperature=0.9"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "generate.temperature: 0.8 -> 0.9" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def _chromium() -> str | None:

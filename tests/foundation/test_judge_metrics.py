@@ -239,7 +239,7 @@ def _free_text_run(tmp_path, labelled: bool):
                         "label_field": "label" if labelled else None},
                task={"name": "qa", "type": "free_text", "instruction": "Answer.",
                      "max_answer_tokens": 16},
-               judge={"rubric": "be right"})
+               judge={"rubric": "be right"}, eval={"forgetting_items": 0})
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run = Run(load_config(path))
@@ -254,7 +254,7 @@ def _free_text_run(tmp_path, labelled: bool):
         {"task": [f"TEACHER {i}" for i in range(n)], "max_tokens": 16,
          "finish_reasons": ["length"] + ["stop"] * (n - 1)}))
     run.paths.eval_answers("student_base").write_text(json.dumps(
-        {"task": [f"STUDENT {i}" for i in range(n)], "general": ["paris"] * 8}))
+        {"task": [f"STUDENT {i}" for i in range(n)], "general": []}))
     return run, n
 
 

@@ -32,6 +32,7 @@ LAYER_OF = {
     "students": "libraries", "students.sft": "stages", "students.dpo": "stages",
     "students.export": "stages",
     "distill.decision": "libraries",
+    "distill.forgetting": "libraries", "distill.ifbench_checks": "libraries",
     "ray_jobs": "libraries", "ray_jobs.submit": "stages", "ray_jobs.status": "stages",
     "ray_jobs.logs": "stages", "ray_jobs.schedule": "stages", "ray_jobs.entrypoint": "cli",
     "distill.prompts": "stages", "distill.check": "stages", "distill.curate": "stages", "distill.pairs": "stages",
