@@ -52,22 +52,27 @@ class InputFitter:
         if over <= 0:
             return chat
         values = input_values(self.cfg.task, text)
-        # Several columns: the longest is cut (a title stays whole, the body gives way).
-        field = max(values, key=lambda f: len(self.tokens(values[f])))
-        ids = self.tokens(values[field])
-        keep = len(ids) - over - len(self.tokens(ELLIPSIS))
-        while True:
-            if keep < MIN_INPUT_TOKENS:
+        ids = {f: self.tokens(v) for f, v in values.items()}
+        keep = {f: len(i) for f, i in ids.items()}
+        ellipsis = len(self.tokens(ELLIPSIS))
+        while over > 0:
+            # The longest column (as cut so far) gives way: a title stays whole, the body is
+            # cut, and a second long column only once the first is down to its size.
+            field = max(keep, key=keep.get)
+            if keep[field] <= MIN_INPUT_TOKENS:
                 raise ConfigError("student.max_seq_len", [
                     f"{self.cfg.student.max_seq_len} tokens leave fewer than {MIN_INPUT_TOKENS} "
                     f"for the input (the prompt around it and the answer take the rest): "
                     "raise student.max_seq_len, or shorten the instruction or the answers"])
-            chat = student_messages(self.cfg.task, {**values, field: self._cut(ids, keep)})
-            if self.prompt_tokens(chat) <= budget:  # re-tokenising a cut can shift a token
-                break
-            keep -= 2
+            first_cut = ellipsis if keep[field] == len(ids[field]) else 0
+            # Re-tokenising a cut can shift a token: at least 2 more each round.
+            keep[field] = max(MIN_INPUT_TOKENS, keep[field] - max(over, 2) - first_cut)
+            chat = student_messages(self.cfg.task, {
+                f: self._cut(ids[f], keep[f]) if keep[f] < len(ids[f]) else values[f]
+                for f in values})
+            over = self.prompt_tokens(chat) - budget
         self.shortened += 1
-        self.longest_cut = max(self.longest_cut, len(ids) - keep)
+        self.longest_cut = max(self.longest_cut, sum(len(ids[f]) - keep[f] for f in ids))
         return chat
 
     def _cut(self, ids: list[int], keep: int) -> str:

@@ -61,6 +61,11 @@ def test_several_columns_the_longest_is_cut_the_short_ones_kept_whole(tmp_path):
     assert "Title: TITLE7 a short title" in user  # whole
     assert "HEAD7" in user and "TAIL7" in user and " ... " in user  # the body, middle cut
     assert fitter.prompt_tokens(fitter.messages(text)) <= 100 and fitter.shortened == 2
+    # Two long columns: the first alone cannot give enough, so the second is cut too.
+    both = encode_input({"title": long_text(8, 200), "body": long_text(9, 200)})
+    user = fitter.messages(both)[-1]["content"]
+    assert user.count(" ... ") == 2 and "HEAD8" in user and "TAIL9" in user
+    assert fitter.prompt_tokens(fitter.messages(both)) <= 100
 
 
 def test_every_long_example_trains_with_its_whole_answer_in_the_loss(tmp_path):
