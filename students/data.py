@@ -33,6 +33,12 @@ def read_table(path: Path, columns: tuple[str, ...], made_by: str):
     return table
 
 
+def row_count(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows
+
+
 def answers(path: Path, *columns: str) -> list[str]:
     """Every answer string in these columns (for the prompt budget)."""
     table = read_table(path, columns, "curate or pairs")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rich.console import Console
+
 from distill.core.errors import StageNotReadyError
 from distill.core.io import file_sha256, read_json
 from distill.core.models import resolve
@@ -28,11 +30,20 @@ from students.recipe import (
 )
 
 
+console = Console()
+
 def run_dpo(run: Run) -> dict:
     cfg = run.cfg
     if not cfg.dpo.enabled:
         return {"skipped": True}
     pairs_path = run.paths.pairs
+    if pairs_path.is_file() and data.row_count(pairs_path) == 0:
+        # A weak judge can tie every pair: say so and go on with the SFT student, rather than
+        # stop the run before eval and the report.
+        reason = (f"no preference pairs in {pairs_path} (every pair tied or fell below "
+                  "pairs.min_margin: see the pairs summary); the SFT student is the final one")
+        console.print(f"[yellow]dpo skipped: {reason}[/yellow]")
+        return {"skipped": True, "reason": reason}
     data.read_table(pairs_path, data.DPO_COLUMNS, "pairs")
     sft_adapter = run.paths.finished_adapter("sft")
     if sft_adapter is None:

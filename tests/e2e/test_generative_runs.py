@@ -75,7 +75,11 @@ def test_free_text_task_end_to_end_with_the_judge(tmp_path):
     results = json.loads((out / "eval" / "results.json").read_text())
     assert results["examples"] == TEST_SIZE and results["main_metric"] == "rouge_l"
     judged = results["judge"]["models"]
-    assert set(judged) == {"student_base", "student_sft", "student_dpo"}
+    # The 135M stand-in judge may tie every preference pair: DPO is then skipped, with why.
+    dpo = manifest["summaries"]["dpo"]
+    tuned = {"student_sft"} | (set() if dpo.get("skipped") else {"student_dpo"})
+    assert dpo.get("reason", "no preference pairs").startswith("no preference pairs")
+    assert set(judged) == {"student_base"} | tuned
     for verdicts in judged.values():
         assert sum(verdicts["counts"].values()) == TEST_SIZE
         assert verdicts["win"] + verdicts["tie"] + verdicts["loss"] == pytest.approx(1.0)
