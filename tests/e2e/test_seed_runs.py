@@ -1,10 +1,14 @@
 """`distill run --seeds 2` end to end on a shrunken tiny_cpu run (no check, DPO or bench, the
 students on one LoRA engine): shared data and teacher/base answers, seed 1 under seeds/1/ with
-its own adapter, a report over both seeds, and a crash inside seed 1 resumed there."""
+its own adapter, a report over both seeds, and a crash inside seed 1 resumed there.
+
+Opt-in (`DISTILL_E2E_SEEDS=1`): it took 5.5 min on the 2-core CI machine (3 min of CPU), over
+the suite's budget for one test; the seed logic itself is in tests/foundation/test_seeds.py."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +36,8 @@ def _distill(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("DISTILL_E2E_SEEDS"),
+                    reason="5.5 min: set DISTILL_E2E_SEEDS=1 to run it")
 def test_two_seeds_share_data_train_apart_and_resume_inside_a_seed(tmp_path):
     cfg = yaml.safe_load((ROOT / "configs" / "tiny_cpu.yaml").read_text())
     for section, values in SHRINK.items():
