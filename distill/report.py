@@ -83,7 +83,10 @@ def build_report(run_dir: Path, manifest: dict, cfg: RunConfig) -> dict[str, Any
         "truncated": evals.get("truncated"),
         "judge": evals.get("judge"),
         "bench_settings": bench.get("settings"),
-        "stage_seconds": {k: v.get("seconds") for k, v in manifest.get("stages", {}).items()},
+        "stage_seconds": {**{k: v.get("seconds") for k, v in manifest.get("stages", {}).items()},
+                          **{f"{k} (seed {seed})": v.get("seconds")
+                             for seed, book in manifest.get("seeds", {}).items()
+                             for k, v in book["stages"].items()}},
         "forgetting": {k: v for k, v in (evals.get("forgetting") or {}).items()
                        if k != "item_scores"} or None,
     }

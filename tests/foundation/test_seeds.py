@@ -186,7 +186,10 @@ def _write_eval(paths: RunPaths, correct: dict[str, int], n: int = 200) -> None:
 def test_the_report_shows_each_seed_and_decides_over_them(tmp_path):
     cfg = _cfg(tmp_path, seeds=2)
     root = Path(cfg.output_dir)
-    manifest = {"run_id": "t", "config": cfg.resolved(), "stages": {}, "summaries": {}}
+    manifest = {"run_id": "t", "config": cfg.resolved(), "stages": {"sft": {"seconds": 3.0}},
+                "summaries": {"sft": {"seconds": 3.0, "world_size": 1}},
+                "seeds": {"1": {"stages": {"sft": {"seconds": 4.0}},
+                                "summaries": {"sft": {"seconds": 3600.0, "world_size": 1}}}}}
     _write_eval(RunPaths(root), {"teacher": 180, "student_base": 100, "student_sft": 180})
     _write_eval(RunPaths(root, seed=1), {"teacher": 180, "student_base": 100,
                                          "student_sft": 104})
@@ -200,6 +203,10 @@ def test_the_report_shows_each_seed_and_decides_over_them(tmp_path):
     assert "| 1 | 8 | teacher |" in md
     assert "The training seeds disagree" in md.split("\n")[2]  # the verdict line
     assert 'id="seeds"' in render_html(report, {})
+    assert report["stage_seconds"] == {"sft": 3.0, "sft (seed 1)": 4.0}
+    # every seed's training is part of what distilling cost (student: $1 per hour)
+    items = {x["item"]: x["usd"] for x in report["verdict"]["cost"]["one_off"]["items"]}
+    assert items == {"SFT training": round(3 / 3600, 6), "SFT training (seed 1)": 1.0}
     # one seed: no seeds section, seed 0's verdict as ever
     single = build_report(root, manifest, _cfg(tmp_path))
     assert single["seeds"] is None and single["verdict"]["ship"] == "student_sft"
