@@ -242,14 +242,23 @@ def report(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOp
 def run(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
         force: bool = ForceOpt,
         stages: Optional[list[str]] = typer.Option(
-            None, "--stage", help="only these stages, in data-flow order (repeatable)")):
+            None, "--stage", help="only these stages, in data-flow order (repeatable)"),
+        seeds: Optional[int] = typer.Option(
+            None, "--seeds", help="training seeds (overrides eval.seeds): sft, dpo, export "
+                                  "and eval once per seed on the same data")):
     """Every stage in order; stages already done in the run dir are skipped (resume). A stage
     done under another config is refused, naming the changed keys; --force reruns those."""
+    if seeds is not None:  # validated with the rest of the config (a bad N: exit 2)
+        overrides = [*(overrides or []), f"eval.seeds={seeds}"]
     r = _run(config, overrides)
     pipeline.run_all(r, force=force, only=tuple(stages or ()))
     table = Table("stage", "status", "seconds", title=f"run {r.run_id}: {r.dir}")
     for name, entry in r.manifest["stages"].items():
         table.add_row(name, entry.get("status", "?"), str(entry.get("seconds", "")))
+    for k, book in r.manifest.get("seeds", {}).items():
+        for name, entry in book["stages"].items():
+            table.add_row(f"{name} (seed {k})", entry.get("status", "?"),
+                          str(entry.get("seconds", "")))
     console.print(table)
     if r.paths.report_json.exists():
         verdict = json.loads(r.paths.report_json.read_text())["verdict"]

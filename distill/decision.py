@@ -284,7 +284,8 @@ def _priced(item: str, price, seconds: float | None, units: int = 1, prompt_toke
 def one_off_cost(manifest: dict, cfg) -> dict[str, Any]:
     """What distilling cost once, from what the stages recorded: the teacher's generation
     (tokens and wall time in the generate summary), the judge's calls (wall time of the stages
-    that called it), SFT and DPO (seconds, workers and tokens in their summaries), each priced
+    that called it), SFT and DPO of every training seed (seconds, workers and tokens in their
+summaries), each priced
     from `cost:`. Stages that did not run cost nothing; a line that cannot be priced says why."""
     from teachers.cost import billed_units
 
@@ -305,12 +306,16 @@ def one_off_cost(manifest: dict, cfg) -> dict[str, Any]:
                              stages[stage].get("seconds"),
                              billed_units(judge.backend, judge.replicas,
                                           judge.tensor_parallel_size), tokens_known=False))
-    for stage in ("sft", "dpo"):
-        s = summaries.get(stage) or {}
-        if s and not s.get("skipped"):
-            lines.append(_priced(f"{stage.upper()} training", cfg.cost.training or cfg.cost.student,
-                                 s.get("seconds"), s.get("world_size") or 1,
-                                 s.get("train_tokens") or 0))
+    # every training seed trained (eval.seeds): seed 0 in the summaries, seed k in seeds/<k>
+    trained = [("", summaries)] + [(f" (seed {k})", book.get("summaries", {}))
+                                   for k, book in manifest.get("seeds", {}).items()]
+    for seed, found in trained:
+        for stage in ("sft", "dpo"):
+            s = found.get(stage) or {}
+            if s and not s.get("skipped"):
+                lines.append(_priced(f"{stage.upper()} training{seed}",
+                                     cfg.cost.training or cfg.cost.student, s.get("seconds"),
+                                     s.get("world_size") or 1, s.get("train_tokens") or 0))
     known = [x["usd"] for x in lines if x["usd"] is not None]
     return {"items": lines, "total_usd": round(sum(known), 6),
             "complete": len(known) == len(lines)}
@@ -347,3 +352,76 @@ def cost_sentence(cost: dict, name: str, shipped: bool) -> str:
                 "it never pays for itself.")
     return (f"{spent}; {name} {verb} ${saving:.4f} per 1k requests against the teacher, so it "
             f"pays for itself after {cost['break_even_requests']:,} requests.")
+
+
+# --- over training seeds (eval.seeds) -------------------------------------------------------
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, min, max and sample standard deviation (0 for one value) of a metric over seeds."""
+    xs = [float(v) for v in values]
+    if not xs:
+        return {"n": 0, "mean": None, "min": None, "max": None, "std": None}
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return {"n": len(xs), "mean": mean, "min": min(xs), "max": max(xs), "std": std}
+
+
+def seed_spread(per_seed: Sequence[dict]) -> dict[str, dict[str, Any]]:
+    """Per model: each seed's main metric (None where that seed has none) and their spread.
+    `per_seed`: [{"seed", "train_seed", "models": {name: value}, "decision"}], seed 0 first."""
+    names = list(dict.fromkeys(n for s in per_seed for n in s["models"]))
+    out = {}
+    for name in names:
+        values = [s["models"].get(name) for s in per_seed]
+        out[name] = {"values": values, **spread([v for v in values if v is not None])}
+    return out
+
+
+def _short(ship: str | None) -> str:
+    return NAMES.get(ship, str(ship)).removeprefix("the ")
+
+
+def _steady(decisions: Sequence[dict]) -> list[str]:
+    """Tuned students the rule ships on every seed, the higher mean score first."""
+    found = [s for s in STUDENTS if all((d["students"].get(s) or {}).get("ships")
+                                        for d in decisions)]
+    return sorted(found, key=lambda s: (-sum(d["students"][s]["vs_base"]["a_mean"]
+                                             for d in decisions), STUDENTS.index(s)))
+
+
+def over_seeds(per_seed: Sequence[dict]) -> dict[str, Any]:
+    """The decision rule applied to each training seed, and a ship decision only where the
+    seeds agree: every seed ships the same model, or one tuned student ships on every seed.
+    Otherwise the seeds disagree and the safer choice stands: the base student where it is
+    shown within the margin of the teacher, else the teacher. Seed 0's tests stay as the
+    detail (`students`, `base_vs_teacher`); `seeds` holds each seed's outcome."""
+    decisions = [s["decision"] for s in per_seed]
+    rows = [{"seed": s["seed"], "train_seed": s["train_seed"], "ship": d.get("ship"),
+             "passes": d.get("passes"), "branch": d.get("branch"), "text": d.get("text")}
+            for s, d in zip(per_seed, decisions)]
+    out = {**decisions[0], "seeds": rows, "seed_count": len(rows)}
+    n = len(rows)
+    if lacking := [r["seed"] for r in rows if r["passes"] is None]:
+        return {**out, "passes": None, "ship": None, "branch": None, "agree": None,
+                "text": f"not enough results for a verdict over {n} training seeds: seed "
+                        f"{', '.join(map(str, lacking))} has no complete eval"}
+    votes = "; ".join(f"seed {r['seed']}: {_short(r['ship'])}" for r in rows)
+    if len({r["ship"] for r in rows}) == 1:
+        return {**out, "agree": True,
+                "text": f"All {n} training seeds agree ({votes}). Seed 0: {out['text']}"}
+    if steady := _steady(decisions):
+        best = steady[0]
+        return {**out, "passes": True, "ship": best, "branch": "ship_student", "student": best,
+                "agree": True,
+                "text": f"Ship {_short(best)}: the rule ships it on all {n} training seeds "
+                        f"(the best student differed by seed: {votes})."}
+    base_ok = all(d["base_vs_teacher"]["p_noninferior"] < d["rule"]["alpha"] for d in decisions)
+    safer = "student_base" if base_ok else "teacher"
+    why = ("the base student is shown within the margin of the teacher" if base_ok else
+           "the base student is not shown within the margin of the teacher")
+    head = "ship the base student (prompted)" if base_ok else "keep the teacher"
+    return {**out, "passes": False, "ship": safer, "branch": "seeds_disagree", "agree": False,
+            "text": f"The training seeds disagree ({votes}), so no tuned student ships: "
+                    f"{head}, the safer choice ({why}), until a tuned student ships on every "
+                    f"seed."}

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from distill import bench, check, curate, pairs, prompts, report
 from distill import eval as evaluate
+from distill.core.artifacts import SHARED_STAGES
 from distill.core.config import RunConfig
 from distill.core import stale
 from distill.core.errors import ConfigError, DistillError, StaleStageError
@@ -75,7 +76,8 @@ EVAL = Stage("eval", evaluate.run_eval, "held-out quality of teacher and student
 BENCH = Stage("bench", bench.run_bench, "latency, throughput, cost", ("bench",),
               lambda cfg: cfg.bench.enabled, reads=("bench",))
 REPORT = Stage("report", report.run_report, "HTML/MD/JSON report", ("report",),
-               reads=("run_name", "refresh", "eval.quality_bar"))  # the verdict's bar
+               reads=("run_name", "refresh", "eval.quality_bar",  # the verdict's bar
+                      "eval.seeds"))  # how many seeds' evals it sums up
 
 STAGES: tuple[Stage, ...] = (PROMPTS, CHECK, GENERATE, CURATE, PAIRS, SFT, DPO, EXPORT, EVAL, BENCH,
                              REPORT)
@@ -143,8 +145,8 @@ def set_aside(run: Run, stage: Stage) -> None:
     Curation's persistent index in the run dir goes too: it would dedup the new data against
     the old. Nothing is deleted but an older set-aside of the same config's output."""
     digest, _ = run.stage_config(stage.name)
-    dest = run.dir / "stale" / str(digest)
-    folders = [] if stage.keep_on_rerun else [run.dir / stage.name]
+    dest = run.paths.seed_root / "stale" / str(digest)  # a seed's own, under seeds/<k>/
+    folders = [] if stage.keep_on_rerun else [run.paths.stage(stage.name)]
     if stage is CURATE and run.cfg.curate.dedup.index_dir is None:
         folders.append(run.paths.dedup_index)
     for folder in folders:
@@ -169,20 +171,20 @@ def run_stage(run: Run, stage: Stage | str, force: bool = False) -> dict | None:
         if changed:
             raise StaleStageError(stale_message(
                 run, {name: changed}, f"`{stage.cli} --force` reruns it"))
-        console.print(f"[dim]{name}: already done, skipped (resume)[/dim]")
-        return run.manifest["summaries"].get(name)
+        console.print(f"[dim]{label(run, name)}: already done, skipped (resume)[/dim]")
+        return run.summary(name)
     for before in stage.first:  # e.g. the teacher check before generating at scale
         run_stage(run, before)
     check_api_keys(run.cfg, [stage])
     if changed:
         set_aside(run, stage)
-    console.rule(f"[bold]{name}[/bold]: {stage.what}")
-    with run.stage(name):
+    console.rule(f"[bold]{label(run, name)}[/bold]: {stage.what}")
+    with run.stage(name) as entry:
         summary = stage.run(run) or {}
         if stage.then is not None:
             summary = stage.then(run, summary)
         run.record_summary(name, summary)
-    console.print(outcome_line(name, run.manifest["stages"][name].get("seconds"), summary),
+    console.print(outcome_line(label(run, name), entry.get("seconds"), summary),
                   soft_wrap=True, highlight=False)
     return summary
 
@@ -205,15 +207,43 @@ def run_all(run: Run, force: bool = False, only: tuple[str, ...] = ()) -> None:
         stage_by_name(name)  # an unknown name fails before anything runs
     chosen = [s for s in STAGES if not only or s.name in only]
     upto = STAGES[:STAGES.index(chosen[-1]) + 1]  # what the chosen stages reuse
-    stale_now = {s.name: c for s in upto if (c := stale_changes(run, s))}
+    stale_now = {label(r, s.name): c for r, s in plan(run, upto) if (c := stale_changes(r, s))}
     if stale_now and not force:
         raise StaleStageError(stale_message(
             run, stale_now, "`distill run --force` reruns exactly these stages (and what "
                             "follows them)"))
-    todo = [s for s in chosen if s.name in stale_now or not run.is_done(s.name)]
+    steps = plan(run, chosen)
+    todo = [s for r, s in steps if label(r, s.name) in stale_now or not r.is_done(s.name)]
     check_api_keys(run.cfg, todo)  # now, not after an hour of earlier stages
-    for stage in chosen:
-        run_stage(run, stage, force=stage.name in stale_now)
+    for r, stage in steps:
+        run_stage(r, stage, force=label(r, stage.name) in stale_now)
+
+
+# --- training seeds (eval.seeds) ---------------------------------------------------------------
+
+
+def per_seed(stage: Stage) -> bool:
+    """Whether the stage's output depends on the training seed (then it runs once per seed)."""
+    return stage.name not in SHARED_STAGES
+
+
+def plan(run: Run, stages: list[Stage] | tuple[Stage, ...]) -> list[tuple[Run, Stage]]:
+    """(run seen from a seed, stage) in the order they run: shared stages once; the block of
+    per-seed stages (sft, dpo, export, eval) seed by seed, so a seed is whole before the next
+    starts and a crash resumes inside the seed it stopped in."""
+    steps: list[tuple[Run, Stage]] = []
+    block = [s for s in stages if per_seed(s)]
+    for stage in stages:
+        if not per_seed(stage):
+            steps.append((run, stage))
+        elif stage is block[0]:
+            steps += [(run.for_seed(k), s) for k in range(run.cfg.eval.seeds) for s in block]
+    return steps
+
+
+def label(run: Run, name: str) -> str:
+    """A stage's name as messages show it: seed k > 0 named (seed 0 reads as a plain run)."""
+    return name if run.seed_index == 0 else f"{name} (seed {run.seed_index})"
 
 
 def check_api_keys(cfg: RunConfig, stages: list[Stage]) -> None:

@@ -58,6 +58,12 @@ def build_report(run_dir: Path, manifest: dict, cfg: RunConfig) -> dict[str, Any
     scores = D.read_item_scores(paths.eval_predictions, cfg.task.type) or {}
     decision = D.decide(scores, evals, D.Rule.from_config(cfg.eval),
                         D.decision_metric(cfg.task.type), cfg.seed)
+    seeds = None
+    if cfg.eval.seeds > 1:  # the rule on each training seed; ship only where they agree
+        per_seed = seed_results(run_dir, cfg, main, decision)
+        decision = D.over_seeds(per_seed)
+        seeds = {"count": len(per_seed), "metric": main, "models": D.seed_spread(per_seed),
+                 "decisions": decision["seeds"]}
     return {
         "run_id": manifest.get("run_id"),
         "task": task.get("name"),
@@ -68,6 +74,7 @@ def build_report(run_dir: Path, manifest: dict, cfg: RunConfig) -> dict[str, Any
         "models": models,
         "verdict": verdict(models, main, decision, cost_side(manifest, cfg, models, decision),
                            check, majority),
+        "seeds": seeds,
         "teacher_check": check,
         "majority_baseline": majority,
         "labels": (summaries.get("curate") or {}).get("labels"),
@@ -76,10 +83,30 @@ def build_report(run_dir: Path, manifest: dict, cfg: RunConfig) -> dict[str, Any
         "truncated": evals.get("truncated"),
         "judge": evals.get("judge"),
         "bench_settings": bench.get("settings"),
-        "stage_seconds": {k: v.get("seconds") for k, v in manifest.get("stages", {}).items()},
+        "stage_seconds": {**{k: v.get("seconds") for k, v in manifest.get("stages", {}).items()},
+                          **{f"{k} (seed {seed})": v.get("seconds")
+                             for seed, book in manifest.get("seeds", {}).items()
+                             for k, v in book["stages"].items()}},
         "forgetting": {k: v for k, v in (evals.get("forgetting") or {}).items()
                        if k != "item_scores"} or None,
     }
+
+
+def seed_results(run_dir: Path, cfg: RunConfig, main: str, first: dict) -> list[dict]:
+    """Each training seed's main metric per model and the decision rule on its eval (seed 0's
+    decision is `first`); a seed whose eval has not run has no models and no verdict."""
+    rule, metric = D.Rule.from_config(cfg.eval), D.decision_metric(cfg.task.type)
+    out = []
+    for k in range(cfg.eval.seeds):
+        paths = RunPaths(run_dir, seed=k)
+        evals = _read(paths.eval_results)
+        decision = first if k == 0 else D.decide(
+            D.read_item_scores(paths.eval_predictions, cfg.task.type) or {}, evals, rule,
+            metric, cfg.seed)
+        models = {name: _value(row, main) for name, row in evals.get("models", {}).items()}
+        out.append({"seed": k, "train_seed": cfg.seed + k, "models": models,
+                    "decision": decision})
+    return out
 
 
 def _value(row: dict | None, metric: str) -> float | None:
@@ -531,6 +558,30 @@ def forgetting_rows(report: dict) -> tuple[str, list[list[str]]]:
             "forgotten some general instruction following."), rows
 
 
+def seed_tables(report: dict) -> tuple[str, list[str], list[list[str]], list[list[str]]]:
+    """Training seeds: a caption, each model's metric per seed with mean, min-max and sd, and
+    each seed's own decision. Empty for a single-seed run."""
+    seeds = report.get("seeds")
+    if not seeds:
+        return "", [], [], []
+    count, metric = seeds["count"], seeds["metric"]
+    header = ["model", *[f"seed {k}" for k in range(count)], "mean", "min-max", "sd"]
+    rows = [[LABELS.get(name, name), *[_fmt(v, "{:.3f}") for v in m["values"]],
+             _fmt(m["mean"], "{:.3f}"),
+             "" if m["min"] is None else f"{m['min']:.3f}-{m['max']:.3f}",
+             _fmt(m["std"], "{:.3f}")] for name, m in seeds["models"].items()]
+    decided = [[str(d["seed"]), str(d["train_seed"]), LABELS.get(d["ship"], str(d["ship"])),
+                d["text"] or ""] for d in seeds["decisions"]]
+    caption = (f"{metric} of each model trained with {count} training seeds on the same data "
+               "(teacher and base student answer once: they do not train). The table above "
+               "and the paired tests below are seed 0's; the verdict ships only if the "
+               "seeds agree.")
+    return caption, header, rows, decided
+
+
+SEED_DECISION_HEADER = ["seed", "training seed", "decision", "why"]
+
+
 def render_markdown(report: dict) -> str:
     header, rows = table_rows(report)
     lines = [f"# distill report: {report['run_id']}", "", f"**Verdict:** {report['verdict']['text']}",
@@ -544,6 +595,14 @@ def render_markdown(report: dict) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in judged]
     if check_lines := teacher_check_lines(report):
         lines += ["", "## Teacher check", "", *[f"- {x}" for x in check_lines]]
+    caption, header, rows, decided = seed_tables(report)
+    if rows:
+        lines += ["", "## Training seeds", "", caption, "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines += ["", "| " + " | ".join(SEED_DECISION_HEADER) + " |",
+                  "|" + "---|" * len(SEED_DECISION_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in decided]
     if decision := decision_rows(report):
         lines += ["", "## Ship decision", "", _rule_line(report), "",
                   "| " + " | ".join(DECISION_HEADER) + " |", "|" + "---|" * len(DECISION_HEADER)]
@@ -585,6 +644,7 @@ th:first-child, td:first-child {{ text-align: left; }}
 {judge}
 <h2>Teacher check</h2>
 <ul>{check}</ul>
+{seeds}
 <h2>Ship decision</h2>
 <p>{rule}</p>
 {decision}
@@ -630,7 +690,11 @@ def render_html(report: dict, images: dict[str, str]) -> str:
     caption, forgetting = forgetting_rows(report)
     forgetting_html = (f"<h2>Forgetting check</h2><p>{html.escape(caption)}</p>"
                        + _html_table(FORGETTING_HEADER, forgetting)) if forgetting else ""
-    return PAGE.format(forgetting=forgetting_html,
+    caption, seed_header, seed_rows, decided = seed_tables(report)
+    seeds_html = (f'<h2 id="seeds">Training seeds</h2><p>{html.escape(caption)}</p>'
+                  + _html_table(seed_header, seed_rows)
+                  + _html_table(SEED_DECISION_HEADER, decided)) if seed_rows else ""
+    return PAGE.format(forgetting=forgetting_html, seeds=seeds_html,
                        run_id=html.escape(str(report["run_id"])),
                        task=html.escape(str(report["task"])),
                        verdict=html.escape(report["verdict"]["text"]),

@@ -57,6 +57,7 @@ def run_dpo(run: Run) -> dict:
         data_path=str(pairs_path),
         data_sha256=file_sha256(pairs_path),
         tags=run_tags(run),
+        seed_index=run.seed_index,
         init_adapter=str(sft_adapter),
     )
     summary = run_job(run, job, train_worker)

@@ -22,11 +22,11 @@ from students.merge import merge
 def run_export(run: Run) -> dict:
     adapter = run.paths.final_adapter()
     if adapter is None:
-        raise StageNotReadyError(f"no trained adapter in {run.dir}/sft or /dpo: train first")
+        raise StageNotReadyError(f"no trained adapter in {run.paths.seed_root}/sft or /dpo: train first")
     base = resolve(run.cfg.student.model)
     exported = _copy_atomic(adapter, run.paths.adapter("export"))
     stage = adapter.parent.name
-    metrics = run.manifest.get("summaries", {}).get(stage, {})
+    metrics = run.summary(stage) or {}
     front = card.read_card(adapter) if (adapter / "README.md").is_file() else {}
     info = front.get("distill", {})
     card.write_card(exported, stage=stage, base_model=run.cfg.student.model, base_path=base.path,

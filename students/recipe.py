@@ -36,6 +36,13 @@ class TrainJob:
     data_sha256: str
     init_adapter: str | None = None  # DPO starts from the SFT adapter
     tags: dict | None = None  # distill.core.rundir.run_tags: provenance for the model card
+    seed_index: int = 0  # which training seed (eval.seeds): its paths and its trainer seed
+
+    @property
+    def train_seed(self) -> int:
+        """The trainer's seed (LoRA init, shuffling, dropout): `seed + k` for seed k. The
+        held-out split of the training data stays on `seed`: every seed sees the same data."""
+        return self.cfg.seed + self.seed_index
 
     @property
     def cfg(self) -> RunConfig:
@@ -43,7 +50,7 @@ class TrainJob:
 
     @property
     def paths(self) -> RunPaths:
-        return RunPaths(Path(self.run_dir))
+        return RunPaths(Path(self.run_dir), seed=self.seed_index)
 
     @property
     def stage_dir(self) -> Path:
@@ -121,8 +128,8 @@ def common_args(job: TrainJob, train: TrainConfig, precision: dict[str, Any]) ->
         "gradient_checkpointing_kwargs": {"use_reentrant": False},
         "ddp_find_unused_parameters": False,
         "report_to": report_to(),
-        "seed": job.cfg.seed,
-        "data_seed": job.cfg.seed,
+        "seed": job.train_seed,
+        "data_seed": job.train_seed,
         "dataloader_num_workers": 0,
         **precision,
     }

@@ -42,6 +42,7 @@ def run_sft(run: Run) -> dict:
         data_path=str(train_path),
         data_sha256=file_sha256(train_path),
         tags=run_tags(run),
+        seed_index=run.seed_index,
     )
     summary = run_job(run, job, train_worker)
     run.record_model("student", {**base.to_manifest(), "adapter": str(job.adapter_dir),

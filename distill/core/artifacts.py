@@ -11,17 +11,32 @@ from pathlib import Path
 
 ADAPTER_MARKER = "adapter_config.json"  # a saved PEFT adapter always has it
 TRAIN_STAGES = ("sft", "dpo")
+# Stages whose output does not depend on the training seed: run once, read by every seed.
+# Any other stage (training, export, eval) runs once per seed.
+SHARED_STAGES = ("prompts", "check", "generate", "curate", "pairs", "bench", "report")
+# Eval contenders that no training seed touches: their answers are asked once, at seed 0's path.
+SHARED_CONTENDERS = ("teacher", "student_base")
 
 
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
+    seed: int = 0  # index of the training seed (0: the paths of a single-seed run)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
+    @property
+    def seed_root(self) -> Path:
+        """Where this seed's per-seed stages write: the run dir itself for seed 0."""
+        return self.root if self.seed == 0 else self.seeds_dir / str(self.seed)
+
+    @property
+    def seeds_dir(self) -> Path:
+        return self.root / "seeds"
+
     def stage(self, name: str) -> Path:
-        return self.root / name
+        return (self.root if name in SHARED_STAGES else self.seed_root) / name
 
     # --- run -----------------------------------------------------------------------------------
     @property
@@ -96,16 +111,16 @@ class RunPaths:
 
     # --- training ----------------------------------------------------------------------------------
     def adapter(self, stage: str) -> Path:
-        return self.root / stage / "adapter"
+        return self.stage(stage) / "adapter"
 
     def checkpoints(self, stage: str) -> Path:
-        return self.root / stage / "checkpoints"
+        return self.stage(stage) / "checkpoints"
 
     def train_metrics(self, stage: str) -> Path:
-        return self.root / stage / "metrics.jsonl"
+        return self.stage(stage) / "metrics.jsonl"
 
     def train_summary(self, stage: str) -> Path:
-        return self.root / stage / "summary.json"
+        return self.stage(stage) / "summary.json"
 
     def finished_adapter(self, stage: str) -> Path | None:
         """The stage's adapter folder if training finished writing it, else None."""
@@ -123,31 +138,34 @@ class RunPaths:
     # --- export ----------------------------------------------------------------------------------
     @property
     def export_summary(self) -> Path:
-        return self.root / "export" / "export.json"
+        return self.stage("export") / "export.json"
 
     @property
     def export_merged(self) -> Path:
-        return self.root / "export" / "merged"
+        return self.stage("export") / "merged"
 
     def merged(self, stage: str) -> Path:
         """A tuned student merged into its base for serving (cached per training stage)."""
-        return self.root / "merged" / stage
+        return self.seed_root / "merged" / stage
 
     # --- eval, bench, report ---------------------------------------------------------------------
     @property
     def eval_results(self) -> Path:
-        return self.root / "eval" / "results.json"
+        return self.stage("eval") / "results.json"
 
     @property
     def eval_predictions(self) -> Path:
-        return self.root / "eval" / "predictions.parquet"
+        return self.stage("eval") / "predictions.parquet"
 
     def eval_answers(self, contender: str) -> Path:
-        return self.root / "eval" / f"answers_{contender}.json"
+        """A contender's saved answers; the teacher's and base student's are seed 0's for
+        every seed (no training seed changes them), so they are asked once."""
+        where = self.root if contender in SHARED_CONTENDERS else self.seed_root
+        return where / "eval" / f"answers_{contender}.json"
 
     def eval_judge(self, contender: str) -> Path:
         """The pairwise judge's prompts and raw verdicts for one student (one line each)."""
-        return self.root / "eval" / "judge" / f"{contender}.jsonl"
+        return self.stage("eval") / "judge" / f"{contender}.jsonl"
 
     @property
     def bench_results(self) -> Path:

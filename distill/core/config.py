@@ -521,6 +521,11 @@ class EvalConfig(Section):
     """Held-out quality of teacher, base student, SFT and DPO students."""
 
     max_examples: int | None = Field(None, gt=0, description="cap on held-out rows; None = all")
+    seeds: int = Field(
+        1, ge=1, le=100, description="training seeds: sft, dpo, export and eval run once per "
+                                     "seed (seed, seed+1, ...) on the same data; the report "
+                                     "shows the spread and ships only if all seeds agree "
+                                     "(`distill run --seeds N` overrides)")
     bootstrap: int = Field(1000, gt=0, description="resamples for the 95% CI")
     # The ship decision (distill/decision.py): paired tests on the same held-out items.
     alpha: float = Field(

@@ -2,6 +2,11 @@
 
 Every stage runs inside `run.stage(name)`, which records status and timings atomically, so a
 killed run leaves an honest manifest behind and `distill run` knows what to skip on resume.
+
+Training seeds (`eval.seeds`): `run.for_seed(k)` is the same run seen from seed k. Shared
+stages (prompts ... pairs, bench, report) keep their one record; a per-seed stage of seed k > 0
+is recorded under `manifest["seeds"]["<k>"]` (its own stages, summaries and student model), so
+each seed resumes and is checked for a stale config on its own.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from distill.core.artifacts import RunPaths
+from distill.core.artifacts import SHARED_STAGES, RunPaths
 from distill.core.config import RunConfig
 from distill.core.io import file_sha256, write_json_atomic
 
@@ -52,7 +57,7 @@ def run_tags(run: "Run") -> dict[str, Any]:
         "generation": cfg["generate"],
         "student": {"base": cfg["student"]["model"],
                     **{k: v for k, v in cfg["student"].items() if k != "model"}},
-        "training": {"sft": cfg["sft"], "dpo": cfg["dpo"]},
+        "training": {"sft": cfg["sft"], "dpo": cfg["dpo"], "seed": run.train_seed},
         "packages": package_versions(),
     }
 
@@ -63,6 +68,8 @@ def _now() -> str:
 
 class Run:
     """A run directory: `<output_dir>/manifest.json` plus one folder per stage."""
+
+    seed_index = 0  # which training seed this view of the run is (Run.for_seed)
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -75,6 +82,22 @@ class Run:
     @property
     def run_id(self) -> str:
         return self.manifest["run_id"]
+
+    @property
+    def train_seed(self) -> int:
+        """The seed the student trains with: `seed` for seed 0, `seed + k` for seed k."""
+        return self.cfg.seed + self.seed_index
+
+    def for_seed(self, k: int) -> "Run":
+        """This run seen from training seed k (k = 0: this run itself)."""
+        return self if k == 0 else SeedRun(self, k)
+
+    def book(self, stage: str) -> dict[str, Any]:
+        """The manifest part that records this stage ("stages", "summaries", "models")."""
+        return self.manifest
+
+    def summary(self, stage: str) -> dict[str, Any] | None:
+        return self.book(stage)["summaries"].get(stage)
 
     def _load_or_create(self) -> dict[str, Any]:
         if self.manifest_path.exists():
@@ -117,27 +140,28 @@ class Run:
         return d
 
     def is_done(self, stage: str) -> bool:
-        entry = self.manifest["stages"].get(stage, {})
+        entry = self.book(stage)["stages"].get(stage, {})
         return entry.get("status") == "done"
 
     def stage_config(self, stage: str) -> tuple[str | None, dict[str, Any] | None]:
         """The hash and resolved config the stage last ran under (None: not recorded)."""
-        digest = self.manifest["stages"].get(stage, {}).get("config_hash")
+        digest = self.book(stage)["stages"].get(stage, {}).get("config_hash")
         return digest, self.manifest.get("configs", {}).get(digest)
 
     def record_model(self, role: str, info: dict[str, Any]) -> None:
-        self.manifest["models"][role] = info
+        # a trained student is recorded with its seed; the teacher once, for the run
+        (self.book("sft") if role == "student" else self.manifest)["models"][role] = info
         self.save()
 
     def record_summary(self, stage: str, summary: dict[str, Any]) -> None:
-        self.manifest["summaries"][stage] = summary
+        self.book(stage)["summaries"][stage] = summary
         self.save()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
         """Mark a stage running, then done or failed, with wall time. Yields its entry."""
         entry = {"status": "running", "started": _now(), "config_hash": self.cfg.config_hash()}
-        self.manifest["stages"][name] = entry
+        self.book(name)["stages"][name] = entry
         self.save()
         start = time.perf_counter()
         try:
@@ -151,3 +175,21 @@ class Run:
             entry["finished"] = _now()
             entry["seconds"] = round(time.perf_counter() - start, 2)
             self.save()
+
+
+class SeedRun(Run):
+    """Training seed k > 0 of a run: the same config, manifest and shared data; its per-seed
+    stages live under `<run>/seeds/<k>/` and are recorded in `manifest["seeds"]["<k>"]`."""
+
+    def __init__(self, base: Run, k: int):  # noqa: super().__init__ would rewrite the manifest
+        self.cfg, self.dir, self.manifest_path = base.cfg, base.dir, base.manifest_path
+        self.manifest = base.manifest  # one dict: what either saves, both see
+        self.seed_index = k
+        self.paths = RunPaths(base.dir, seed=k)
+
+    def book(self, stage: str) -> dict[str, Any]:
+        if stage in SHARED_STAGES:
+            return self.manifest
+        seeds = self.manifest.setdefault("seeds", {})
+        return seeds.setdefault(str(self.seed_index), {
+            "train_seed": self.train_seed, "stages": {}, "summaries": {}, "models": {}})
