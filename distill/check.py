@@ -33,13 +33,13 @@ from distill.core.messages import teacher_messages
 from distill.core.rundir import Run
 from distill.curation.collapse import check_labels, enforce
 from distill.curation.filters import answer_key
-from distill.curation.labels import canonical_json, normalize_label
+from distill.curation.labels import normalize_label
 from distill.data import Example, majority_label, read_examples
 from distill.stats import compare, mean_ci
 
 console = Console()
 MIN_SAMPLE = 20  # below this a paired test has next to no power: the check says so and skips
-METRIC = {"classification": "accuracy", "free_text": "rouge_l", "json": "exact_match"}
+METRIC = {"classification": "accuracy", "free_text": "rouge_l", "json": "field_f1"}
 ADVICE = ("put the instruction after the input (task.template: \"{input}\\n\\n{instruction}\"), "
           "add few-shot examples (task.few_shot), or use a stronger teacher (teacher.model); "
           "to go on anyway: --set check.on_fail=warn (the verdict will then not rank students "
@@ -122,11 +122,13 @@ def parse(cfg: RunConfig, answer: str) -> str | None:
 
 
 def item_scores(cfg: RunConfig, parsed: list[str | None], gold: list[str]) -> list[float]:
-    """Per-item score against the gold: 0/1 for labels and JSON, ROUGE-L for free text."""
+    """Per-item score against the gold: 0/1 for labels, the row's field-level F1 for JSON (as
+    eval's main metric: a whole-object match is too strict to tell teachers apart), ROUGE-L for
+    free text."""
     if cfg.task.type == "free_text":
         return [metrics.rouge_l(p or "", g) for p, g in zip(parsed, gold)]
     if cfg.task.type == "json":
-        gold = [canonical_json(g) or g for g in gold]
+        return [metrics.field_f1_of([metrics.field_counts(p, g)]) for p, g in zip(parsed, gold)]
     return [float(p is not None and p == g) for p, g in zip(parsed, gold)]
 
 
