@@ -91,7 +91,7 @@ def test_opd_lowers_heldout_reverse_kl(tmp_path, quantization):
     shape of problem: a student away from its teacher). The per-token reverse KL to the
     teacher on held-out prompts (prompts/test.parquet, never trained on) must fall.
 
-    On the CPU the student is plain LoRA: sampling from a 4-bit model there is ~20x slower
+    On the CPU the student is plain LoRA: sampling from a 4-bit model there measured far slower
     (bitsandbytes without CPU kernels: 4 answers of 24 tokens took 155 s against 8 s), and the
     nf4 base alone already sits 0.17 nats/token from its unquantized teacher. QLoRA runs where
     there is a GPU (the nf4 case)."""
