@@ -205,6 +205,14 @@ def train_dpo(config: Path = ConfigArg, overrides: Optional[list[str]] = Overrid
     _stage(config, overrides, pipeline.DPO, force)
 
 
+@train_app.command("opd")
+@user_errors
+def train_opd(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+              force: bool = ForceOpt):
+    """On-policy distillation of the SFT student against the teacher (opd.enabled)."""
+    _stage(config, overrides, pipeline.OPD, force)
+
+
 @app.command("export")
 @user_errors
 def export(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,

@@ -21,7 +21,7 @@ from distill.core.config import RunConfig
 from distill.core import stale
 from distill.core.errors import ConfigError, DistillError, StaleStageError
 from distill.core.rundir import Run
-from students import dpo, export, sft
+from students import dpo, export, opd, sft
 from teachers import generate
 from teachers.http_engine import missing_api_keys
 
@@ -69,6 +69,10 @@ SFT = Stage("sft", sft.run_sft, "QLoRA SFT of the student", ("train", "sft"),
             reads=("sft", "student", "task.student_instruction", "task.student_system_prompt"))
 DPO = Stage("dpo", dpo.run_dpo, "DPO on top of the SFT adapter", ("train", "dpo"),
             reads=("dpo",))
+# After DPO: both start from the SFT adapter, so neither reads the other's output; here a
+# change to opd keys leaves DPO fresh.
+OPD = Stage("opd", opd.run_opd, "on-policy distillation of the SFT student (teacher scores "
+            "its samples)", ("train", "opd"), reads=("opd",))
 EXPORT = Stage("export", export.run_export, "adapter card, optional merged model", ("export",),
                reads=("export",))
 EVAL = Stage("eval", evaluate.run_eval, "held-out quality of teacher and students", ("eval",),
@@ -79,8 +83,8 @@ REPORT = Stage("report", report.run_report, "HTML/MD/JSON report", ("report",),
                reads=("run_name", "refresh", "eval.quality_bar",  # the verdict's bar
                       "eval.seeds"))  # how many seeds' evals it sums up
 
-STAGES: tuple[Stage, ...] = (PROMPTS, CHECK, GENERATE, CURATE, PAIRS, SFT, DPO, EXPORT, EVAL, BENCH,
-                             REPORT)
+STAGES: tuple[Stage, ...] = (PROMPTS, CHECK, GENERATE, CURATE, PAIRS, SFT, DPO, OPD, EXPORT, EVAL,
+                             BENCH, REPORT)
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 

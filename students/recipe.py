@@ -28,7 +28,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 @dataclass(frozen=True)
 class TrainJob:
-    stage: str  # "sft" | "dpo"
+    stage: str  # "sft" | "dpo" | "opd"
     config: dict  # RunConfig.resolved()
     run_dir: str
     base_path: str  # the student's base model folder (or hub id)
@@ -37,6 +37,7 @@ class TrainJob:
     init_adapter: str | None = None  # DPO starts from the SFT adapter
     tags: dict | None = None  # distill.core.rundir.run_tags: provenance for the model card
     seed_index: int = 0  # which training seed (eval.seeds): its paths and its trainer seed
+    teacher_path: str | None = None  # OPD: the teacher's weights, loaded next to the student
 
     @property
     def train_seed(self) -> int:
@@ -103,7 +104,7 @@ def report_to() -> list[str]:
 
 
 def common_args(job: TrainJob, train: TrainConfig, precision: dict[str, Any]) -> dict[str, Any]:
-    """TrainingArguments shared by the SFT and DPO configs of TRL."""
+    """TrainingArguments shared by the SFT, DPO and distillation configs of TRL."""
     if report_to():
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(job.stage_dir / "tensorboard"))
     return {

@@ -500,6 +500,25 @@ class DPOConfig(TrainConfig):
     )
 
 
+class OPDConfig(TrainConfig):
+    """On-policy distillation after SFT: the student samples, the teacher scores every sampled
+    token, the student's LoRA is trained on the per-token divergence (TRL DistillationTrainer).
+    Fully on-policy: every batch is the student's own samples."""
+
+    enabled: bool = Field(False, description="off by default: it loads the teacher's weights "
+                                             "next to the student's in the training process")
+    learning_rate: float = Field(1e-4, gt=0)
+    max_steps: int = Field(100, description="-1: run all epochs over the training prompts")
+    batch_size: int = Field(4, gt=0, description="prompts sampled per step and device")
+    beta: float = Field(1.0, ge=0, le=1, description="generalized JSD: 1 = reverse KL "
+                                                     "(mode-seeking), 0 = forward KL, 0.5 = JSD")
+    max_new_tokens: int = Field(128, gt=0, description="tokens the student samples per prompt")
+    temperature: float = Field(1.0, gt=0, description="sampling and loss temperature")
+    heldout_prompts: int = Field(
+        16, ge=0, description="held-out prompts (prompts/test.parquet) on which the per-token "
+                              "reverse KL to the teacher is measured before and after; 0: skip")
+
+
 class ExportConfig(Section):
     merged: bool = Field(False, description="also write a merged full-precision model")
     merged_dtype: Literal["bfloat16", "float16", "float32"] = Field(
@@ -637,6 +656,7 @@ class RunConfig(Section):
     student: StudentConfig
     sft: SFTConfig = Field(default_factory=SFTConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    opd: OPDConfig = Field(default_factory=OPDConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)

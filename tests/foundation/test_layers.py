@@ -30,6 +30,7 @@ LAYER_OF = {
     "distill.engines": "libraries",
     "teachers": "libraries", "teachers.generate": "stages",
     "students": "libraries", "students.sft": "stages", "students.dpo": "stages",
+    "students.opd": "stages",
     "students.export": "stages",
     "distill.decision": "libraries",
     "distill.forgetting": "libraries", "distill.ifbench_checks": "libraries",
