@@ -64,7 +64,7 @@ def test_seed_zero_keeps_the_single_seed_paths_and_seed_k_lives_under_seeds(tmp_
 def test_the_plan_runs_shared_stages_once_and_the_training_block_seed_by_seed(tmp_path):
     run = Run(_cfg(tmp_path, seeds=3))
     steps = [label(r, s.name) for r, s in plan(run, STAGES)]
-    block = ["sft", "dpo", "export", "eval"]
+    block = ["sft", "dpo", "opd", "export", "eval"]  # opd: planned, run when enabled
     assert steps == ["prompts", "check", "generate", "curate", "pairs", *block,
                      *[f"{n} (seed 1)" for n in block], *[f"{n} (seed 2)" for n in block],
                      "bench", "report"]
@@ -89,7 +89,8 @@ def test_each_seed_resumes_on_its_own_record(tmp_path):
         _finish(r, stage.name)
     reopened = Run(_cfg(tmp_path, seeds=3))
     todo = [label(r, s.name) for r, s in plan(reopened, STAGES) if not r.is_done(s.name)]
-    assert todo == ["dpo (seed 2)", "export (seed 2)", "eval (seed 2)", "bench", "report"]
+    assert todo == ["dpo (seed 2)", "opd (seed 2)", "export (seed 2)", "eval (seed 2)", "bench",
+                    "report"]
     book = reopened.manifest["seeds"]["2"]
     assert book["train_seed"] == 9 and book["stages"]["sft"]["status"] == "done"
     assert reopened.manifest["stages"]["sft"]["status"] == "done"  # seed 0's, where it was
@@ -110,7 +111,7 @@ def test_a_stale_seed_is_refused_by_name_and_more_seeds_only_redo_the_report(tmp
     with pytest.raises(StaleStageError) as err:
         run_all(Run(changed))
     text = str(err.value)
-    assert "sft, dpo, export, eval, sft (seed 1), dpo (seed 1)" in text
+    assert "sft, dpo, opd, export, eval, sft (seed 1), dpo (seed 1)" in text
     assert "sft.learning_rate" in text
     assert not stale_changes(Run(changed).for_seed(1), stage_by_name("pairs"))
 
