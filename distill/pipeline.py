@@ -72,7 +72,7 @@ DPO = Stage("dpo", dpo.run_dpo, "DPO on top of the SFT adapter", ("train", "dpo"
 # After DPO: both start from the SFT adapter, so neither reads the other's output; here a
 # change to opd keys leaves DPO fresh.
 OPD = Stage("opd", opd.run_opd, "on-policy distillation of the SFT student (teacher scores "
-            "its samples)", ("train", "opd"), lambda cfg: cfg.opd.enabled, reads=("opd",))
+            "its samples)", ("train", "opd"), reads=("opd",))
 EXPORT = Stage("export", export.run_export, "adapter card, optional merged model", ("export",),
                reads=("export",))
 EVAL = Stage("eval", evaluate.run_eval, "held-out quality of teacher and students", ("eval",),

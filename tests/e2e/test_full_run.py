@@ -34,7 +34,7 @@ def tiny_run(tmp_path_factory) -> Path:
 def test_full_run_writes_every_stage_and_the_report(tiny_run):
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in manifest["stages"].values())
-    assert len(manifest["stages"]) == 11
+    assert len(manifest["stages"]) == 12  # opd included: off here, recorded as skipped
     report = json.loads((tiny_run / "report" / "report.json").read_text())
     for name in MODELS:
         row = report["models"][name]
@@ -78,7 +78,7 @@ def test_rerun_skips_completed_stages(tiny_run):
     proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(cfg)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("already done, skipped") == 11
+    assert proc.stdout.count("already done, skipped") == 12
     # A changed key is refused, naming it, before anything runs (tests/foundation/
     # test_stale_config.py has the rest)
     proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(cfg), "--set",

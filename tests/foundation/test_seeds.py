@@ -64,7 +64,7 @@ def test_seed_zero_keeps_the_single_seed_paths_and_seed_k_lives_under_seeds(tmp_
 def test_the_plan_runs_shared_stages_once_and_the_training_block_seed_by_seed(tmp_path):
     run = Run(_cfg(tmp_path, seeds=3))
     steps = [label(r, s.name) for r, s in plan(run, STAGES)]
-    block = ["sft", "dpo", "opd", "export", "eval"]  # opd: planned, run when enabled
+    block = ["sft", "dpo", "opd", "export", "eval"]  # opd: off here, recorded as skipped
     assert steps == ["prompts", "check", "generate", "curate", "pairs", *block,
                      *[f"{n} (seed 1)" for n in block], *[f"{n} (seed 2)" for n in block],
                      "bench", "report"]
