@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from distill import metrics
 from distill.core.config import RunConfig, TaskConfig
 from distill.core.errors import ConfigError
 from distill.curation.labels import canonical_json, normalize_label
@@ -45,10 +46,15 @@ def verifier(task: TaskConfig) -> ExampleScorer:
         return score_label
 
     def score_json(example: dict[str, Any], completion: str) -> float:
+        """The answer's field-level F1 against the reference (eval's main metric): two valid
+        answers that get different numbers of fields right differ, so they make a pair."""
         got = canonical_json(completion)
         if got is None:
             return 0.0
-        return 1.0 if got == canonical_json(reference(example) or "") else 0.25
+        ref = reference(example)
+        if not ref:
+            return 0.25  # valid JSON, nothing to check it against
+        return metrics.field_f1_of([metrics.field_counts(got, ref)])
     return score_json
 
 

@@ -138,3 +138,15 @@ def test_run_pairs_stage(make_run):
     assert (gold["chosen"], gold["rejected"]) == ("negative", "positive")  # gold beats the vote
     assert all(p["margin"] >= 0.5 for p in pairs)
     assert summary["length_bias"]["pairs"] == 3
+
+
+def test_json_verifier_gives_partial_credit_by_field():
+    from distill.core.config import TaskConfig
+
+    task = TaskConfig(name="refs", type="json", instruction="?", json_schema={"type": "object"})
+    score = verifier(task)
+    example = {"label": '{"title": "A", "year": 2020, "first_author": "Li"}'}
+    assert score(example, '{"title": "a", "year": 2020, "first_author": "Li"}') == 1.0
+    assert score(example, '{"title": "B", "year": 2020, "first_author": "Li"}') \
+        == pytest.approx(2 / 3)
+    assert score(example, "not json") == 0.0
