@@ -25,7 +25,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from distill import metrics
 from distill.core.config import RunConfig
 from distill.core.errors import StageNotReadyError, TeacherCheckError
 from distill.core.io import read_json, write_json_atomic
@@ -35,11 +34,12 @@ from distill.curation.collapse import check_labels, enforce
 from distill.curation.filters import answer_key
 from distill.curation.labels import normalize_label
 from distill.data import Example, majority_label, read_examples
+from distill.decision import ITEM_SCORES
 from distill.stats import compare, mean_ci
 
 console = Console()
 MIN_SAMPLE = 20  # below this a paired test has next to no power: the check says so and skips
-METRIC = {"classification": "accuracy", "free_text": "rouge_l", "json": "field_f1"}
+METRIC = {task_type: name for task_type, (name, _) in ITEM_SCORES.items()}
 ADVICE = ("put the instruction after the input (task.template: \"{input}\\n\\n{instruction}\"), "
           "add few-shot examples (task.few_shot), or use a stronger teacher (teacher.model); "
           "to go on anyway: --set check.on_fail=warn (the verdict will then not rank students "
@@ -122,14 +122,11 @@ def parse(cfg: RunConfig, answer: str) -> str | None:
 
 
 def item_scores(cfg: RunConfig, parsed: list[str | None], gold: list[str]) -> list[float]:
-    """Per-item score against the gold: 0/1 for labels, the row's field-level F1 for JSON (as
-    eval's main metric: a whole-object match is too strict to tell teachers apart), ROUGE-L for
+    """Per-item score against the gold, as the ship decision scores held-out rows
+    (distill/decision.py): 0/1 for labels, the row's field-level F1 for JSON, ROUGE-L for
     free text."""
-    if cfg.task.type == "free_text":
-        return [metrics.rouge_l(p or "", g) for p, g in zip(parsed, gold)]
-    if cfg.task.type == "json":
-        return [metrics.field_f1_of([metrics.field_counts(p, g)]) for p, g in zip(parsed, gold)]
-    return [float(p is not None and p == g) for p, g in zip(parsed, gold)]
+    _, score = ITEM_SCORES[cfg.task.type]
+    return score([{"parsed": p, "gold": g} for p, g in zip(parsed, gold)])
 
 
 def estimate(scores: list[float], seed: int) -> dict[str, float]:
