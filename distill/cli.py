@@ -184,9 +184,12 @@ def curate(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOp
 @app.command("pairs")
 @user_errors
 def pairs(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
-          force: bool = ForceOpt):
-    """Preference pairs for DPO."""
-    _stage(config, overrides, pipeline.PAIRS, force)
+          force: bool = ForceOpt,
+          on_policy: bool = typer.Option(
+              False, "--on-policy", help="the on-policy pairs (pairs.on_policy): sample the SFT "
+                                         "student, score its answers, pair the target over them")):
+    """Preference pairs for DPO: the teacher's samples, or with --on-policy the SFT student's."""
+    _stage(config, overrides, pipeline.POLICY_PAIRS if on_policy else pipeline.PAIRS, force)
 
 
 @train_app.command("sft")

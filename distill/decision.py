@@ -22,9 +22,10 @@ from typing import Any, Callable, Sequence
 
 from distill import metrics, stats
 
-STUDENTS = ("student_dpo", "student_sft")  # tuned students, preferred first on a tie
+STUDENTS = ("student_dpo", "student_opd", "student_sft")  # tuned, preferred first on a tie
 NAMES = {"teacher": "the teacher", "student_base": "the base student (prompted)",
-         "student_sft": "the SFT student", "student_dpo": "the SFT+DPO student"}
+         "student_sft": "the SFT student", "student_dpo": "the SFT+DPO student",
+         "student_opd": "the SFT+OPD student"}
 
 
 # --- per-item scores ------------------------------------------------------------------------
@@ -284,9 +285,8 @@ def _priced(item: str, price, seconds: float | None, units: int = 1, prompt_toke
 def one_off_cost(manifest: dict, cfg) -> dict[str, Any]:
     """What distilling cost once, from what the stages recorded: the teacher's generation
     (tokens and wall time in the generate summary), the judge's calls (wall time of the stages
-    that called it), SFT and DPO of every training seed (seconds, workers and tokens in their
-summaries), each priced
-    from `cost:`. Stages that did not run cost nothing; a line that cannot be priced says why."""
+    that called it), on-policy pairs, SFT, DPO and OPD of every training seed (seconds, workers
+    and tokens in their summaries), each priced from `cost:`. Stages that did not run cost nothing; a line that cannot be priced says why."""
     from teachers.cost import billed_units
 
     summaries, stages = manifest.get("summaries", {}), manifest.get("stages", {})
@@ -310,7 +310,10 @@ summaries), each priced
     trained = [("", summaries)] + [(f" (seed {k})", book.get("summaries", {}))
                                    for k, book in manifest.get("seeds", {}).items()]
     for seed, found in trained:
-        for stage in ("sft", "dpo"):
+        if (s := found.get("policy_pairs") or {}) and not s.get("skipped"):
+            # the SFT student sampling the training prompts (and the scorer's calls)
+            lines.append(_priced(f"on-policy pairs{seed}", cfg.cost.student, s.get("seconds")))
+        for stage in ("sft", "dpo", "opd"):  # OPD: the teacher scores inside its training job
             s = found.get(stage) or {}
             if s and not s.get("skipped"):
                 lines.append(_priced(f"{stage.upper()} training{seed}",

@@ -1,4 +1,5 @@
-"""Stage `eval`: held-out quality of teacher, base student, SFT student and SFT+DPO student.
+"""Stage `eval`: held-out quality of teacher, base student and the tuned students (SFT, SFT+DPO,
+SFT+OPD).
 
 All four answer the same held-out rows, greedily, through the same engine interface; each is
 scored with the task's metrics and a bootstrap 95% CI. The students also answer a few broad
@@ -29,9 +30,11 @@ from distill.core.messages import Message, teacher_messages
 from distill.core.io import read_json, write_json_atomic, write_parquet_atomic
 from distill.core.rundir import Run
 from distill.stats import compare
-from distill import forgetting
 
 MAIN_METRIC = metrics.MAIN_METRIC
+# Tuned students: (training stage, contender name); the DPO student trained on on-policy pairs
+# with `pairs.on_policy` (its summary says which: pairs_from).
+TUNED = (("sft", "student_sft"), ("dpo", "student_dpo"), ("opd", "student_opd"))
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,14 @@ class Contender:
 
 
 def contenders(run) -> list[Contender]:
-    """Teacher and base student always; SFT / DPO students where their adapters exist, on
+    """Teacher and base student always; SFT / DPO / OPD students where their adapters exist, on
     their short prompt with over-long inputs shortened as in training (students/fit.py)."""
     out = [
         Contender("teacher", "teacher", None, teacher_messages),
         Contender("student_base", "student", None,
                   lambda task, text: teacher_messages(task, text, few_shot=False)),
     ]
-    for stage, name in (("sft", "student_sft"), ("dpo", "student_dpo")):
+    for stage, name in TUNED:
         if (adapter := run.paths.finished_adapter(stage)) is not None:
             out.append(Contender(name, "student", adapter, fitted_prompt(run, stage)))
     return out

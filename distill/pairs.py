@@ -12,14 +12,18 @@ a pair when their scores differ by at least `pairs.min_margin` (ties are dropped
 JSON answers are compared repaired and canonical (as curate stores them) with
 `pairs.normalize_answers`, so the chosen side looks like an SFT target.
 Classification tasks where all samples agree would give no pair; `synthesize_rejected` then
-pairs the answer with a wrong label from the label set (origin "label_swap"). On-policy pairs
-(rejected = the student's own wrong answer) come from `make_on_policy_pairs`.
+pairs the answer with a wrong label from the label set (origin "label_swap").
+On-policy pairs (`pairs.on_policy`, stage policy_pairs after SFT, `distill pairs --on-policy`):
+the SFT student samples the curated prompts, and the curated target is chosen over each of its
+samples that scores `min_margin` lower (origin "on_policy", `make_on_policy_pairs`); DPO then
+trains on those.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -256,6 +260,13 @@ def gold_rejected(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(found.values())
 
 
+def _pair_schema():
+    import pyarrow as pa
+
+    return pa.schema([(c, pa.float64() if c.endswith("score") or c == "margin" else pa.string())
+                      for c in PAIR_COLUMNS])
+
+
 def run_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -282,9 +293,7 @@ def run_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
         score = example_scorer(cfg, task, judged)
         pairs, stats = make_pairs(examples, samples, task, cfg, score, batch_score)
 
-    schema = pa.schema([(c, pa.float64() if c.endswith("score") or c == "margin" else pa.string())
-                        for c in PAIR_COLUMNS])
-    write_parquet_atomic(run.paths.pairs, pa.Table.from_pylist(pairs, schema=schema))
+    write_parquet_atomic(run.paths.pairs, pa.Table.from_pylist(pairs, schema=_pair_schema()))
     summary = {
         "examples": stats.examples, "pairs": len(pairs), "scorer": cfg.scorer,
         "min_margin": cfg.min_margin,
@@ -298,4 +307,96 @@ def run_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
                   f"(teacher {stats.teacher}, label_swap {stats.label_swap}; ties {stats.ties}, "
                   f"below margin {stats.below_margin}); length bias "
                   f"{summary['length_bias'].get('mean_diff_chars', 0)} chars")
+    return summary
+
+
+# --- on-policy pairs (pairs.on_policy): the SFT student's own samples -------------------------
+
+
+def student_samples(run: Run, examples: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """`pairs.on_policy_samples` samples of the SFT student per example, on the short prompt
+    it trained on (input shortened to its budget), served as eval serves it (merged or LoRA)."""
+    from distill.core.io import read_json
+    from distill.engines import merged_student, open_student
+    from students.fit import load_fitter
+    from teachers.base import SamplingSpec
+
+    cfg = run.cfg
+    adapter = run.paths.finished_adapter("sft")
+    fitter = load_fitter(cfg, (read_json(run.paths.train_summary("sft")) or {}).get(
+        "prompt_budget"))
+    chats = [fitter.messages(ex["text"]) for ex in examples]
+    spec = SamplingSpec(n=cfg.pairs.on_policy_samples, temperature=cfg.pairs.on_policy_temperature,
+                        max_tokens=cfg.answer_tokens, seed=run.train_seed)
+    merged = merged_student(run, adapter) if cfg.student.serve == "merged" else None
+    with open_student(cfg, adapter=None if merged else adapter, model_path=merged) as student:
+        completions = student.generate(chats, spec)
+    out: list[list[str]] = [[] for _ in examples]
+    for c in completions:
+        if c.ok:
+            out[c.prompt_index].append(c.text)
+    return out
+
+
+def run_policy_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
+    """Stage policy_pairs: DPO's pairs from the SFT student's own samples of the curated
+    training prompts, each scored by `pairs.scorer`; the curated target is chosen over every
+    sample that scores `min_margin` lower (the student's own mistakes as rejected)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distill.core.io import file_sha256
+
+    cfg, task = run.cfg.pairs, run.cfg.task
+    if not cfg.on_policy:
+        return {"skipped": True, "reason": "pairs.on_policy is off: DPO trains on the teacher's "
+                                           "pairs"}
+    adapter = run.paths.finished_adapter("sft")
+    if adapter is None:
+        raise StageNotReadyError(f"{run.paths.adapter('sft')} not found: on-policy pairs need "
+                                 "the SFT student: run `distill train sft` first")
+    if not run.paths.curated.exists():
+        raise StageNotReadyError(f"on-policy pairs need {run.paths.curated}: run `distill "
+                                 "curate` first")
+    start = time.perf_counter()
+    examples = [ex for ex in pq.read_table(run.paths.curated).to_pylist() if ex.get("target")]
+    answers = student_samples(run, examples)
+    prepared = {ex["example_id"]: [prepare_completion(a, task, cfg) for a in found]
+                for ex, found in zip(examples, answers)}
+    with ExitStack() as engines:
+        judged = None
+        if cfg.scorer == "judge":
+            judged = open_judge_scorer(run.cfg, engines, run.paths.judge_scores, judge)
+            judged.score_examples([(ex, _display(c, task, cfg.normalize_answers))
+                                   for ex in examples
+                                   for c in [ex["target"], *prepared[ex["example_id"]]]])
+        score = example_scorer(cfg, task, judged)
+        pairs = make_on_policy_pairs(examples, prepared, task, cfg, score)
+        sample_rows = [{"example_id": ex["example_id"], "sample": i, "completion": c,
+                        "score": score(ex, _display(c, task, cfg.normalize_answers)),
+                        "target_score": score(ex, _display(ex["target"], task,
+                                                           cfg.normalize_answers))}
+                       for ex in examples for i, c in enumerate(prepared[ex["example_id"]])]
+    write_parquet_atomic(run.paths.policy_samples, pa.Table.from_pylist(
+        sample_rows, schema=pa.schema([("example_id", pa.string()), ("sample", pa.int64()),
+                                       ("completion", pa.string()), ("score", pa.float64()),
+                                       ("target_score", pa.float64())])))
+    write_parquet_atomic(run.paths.policy_pairs, pa.Table.from_pylist(pairs, schema=_pair_schema()))
+    as_good = sum(r["score"] >= r["target_score"] for r in sample_rows)
+    summary = {
+        "examples": len(examples), "samples": len(sample_rows), "pairs": len(pairs),
+        "scorer": cfg.scorer, "min_margin": cfg.min_margin,
+        "samples_per_prompt": cfg.on_policy_samples, "temperature": cfg.on_policy_temperature,
+        "samples_as_good_as_target": round(as_good / len(sample_rows), 4) if sample_rows else None,
+        "by_origin": {"on_policy": len(pairs)},
+        "from_adapter": str(adapter),
+        "from_adapter_sha256": file_sha256(next(adapter.glob("adapter_model.*"))),
+        "length_bias": length_bias(pairs),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    if judged is not None:
+        summary["judge"] = {"asked": judged.asked, "reused": judged.reused}
+    console.print(f"on-policy pairs: {len(pairs)} from {len(sample_rows)} student samples of "
+                  f"{len(examples)} prompts ({summary['samples_as_good_as_target']} as good as "
+                  "the target)")
     return summary

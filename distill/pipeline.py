@@ -67,6 +67,12 @@ PAIRS = Stage("pairs", pairs.run_pairs, "preference pairs for DPO", ("pairs",),
               lambda cfg: cfg.pairs.enabled and cfg.pairs.scorer == "judge", reads=("pairs",))
 SFT = Stage("sft", sft.run_sft, "QLoRA SFT of the student", ("train", "sft"),
             reads=("sft", "student", "task.student_instruction", "task.student_system_prompt"))
+# After SFT (it samples the SFT student), per seed; DPO reads its pairs with pairs.on_policy.
+POLICY_PAIRS = Stage("policy_pairs", pairs.run_policy_pairs, "on-policy preference pairs from "
+                     "the SFT student's samples", ("pairs", "--on-policy"),
+                     lambda cfg: cfg.pairs.on_policy and cfg.pairs.scorer == "judge",
+                     reads=("pairs.on_policy", "pairs.on_policy_samples",
+                            "pairs.on_policy_temperature"))
 DPO = Stage("dpo", dpo.run_dpo, "DPO on top of the SFT adapter", ("train", "dpo"),
             reads=("dpo",))
 # After DPO: both start from the SFT adapter, so neither reads the other's output; here a
@@ -83,8 +89,8 @@ REPORT = Stage("report", report.run_report, "HTML/MD/JSON report", ("report",),
                reads=("run_name", "refresh", "eval.quality_bar",  # the verdict's bar
                       "eval.seeds"))  # how many seeds' evals it sums up
 
-STAGES: tuple[Stage, ...] = (PROMPTS, CHECK, GENERATE, CURATE, PAIRS, SFT, DPO, OPD, EXPORT, EVAL,
-                             BENCH, REPORT)
+STAGES: tuple[Stage, ...] = (PROMPTS, CHECK, GENERATE, CURATE, PAIRS, SFT, POLICY_PAIRS, DPO,
+                             OPD, EXPORT, EVAL, BENCH, REPORT)
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 

@@ -41,7 +41,7 @@ console = Console()
 
 StageRunner = Callable[[Run, str], "dict | None"]
 DATA_STAGES = ("generate", "curate")
-TRAIN_STAGES = ("pairs", "sft", "dpo", "export", "eval")
+TRAIN_STAGES = ("pairs", "sft", "policy_pairs", "dpo", "opd", "export", "eval")
 
 
 @dataclass

@@ -19,11 +19,12 @@ from distill.core.io import read_json, write_json_atomic, write_text_atomic
 from distill.core.config import RunConfig
 from distill.core.rundir import run_tags
 
-MODELS = ("teacher", "student_base", "student_sft", "student_dpo")
+MODELS = ("teacher", "student_base", "student_sft", "student_dpo", "student_opd")
 LABELS = {"teacher": "teacher", "student_base": "student (base, prompted)",
-          "student_sft": "student SFT", "student_dpo": "student SFT+DPO"}
+          "student_sft": "student SFT", "student_dpo": "student SFT+DPO",
+          "student_opd": "student SFT+OPD"}
 COLORS = {"teacher": "#4c72b0", "student_base": "#999999", "student_sft": "#dd8452",
-          "student_dpo": "#55a868"}
+          "student_dpo": "#55a868", "student_opd": "#8172b3"}
 
 
 def _read(path: Path) -> dict:
@@ -79,6 +80,7 @@ def build_report(run_dir: Path, manifest: dict, cfg: RunConfig) -> dict[str, Any
         "majority_baseline": majority,
         "labels": (summaries.get("curate") or {}).get("labels"),
         "funnel": _funnel(summaries, check),
+        "student_costs": student_costs(summaries, models),
         "general_ability": evals.get("general_ability"),
         "truncated": evals.get("truncated"),
         "judge": evals.get("judge"),
@@ -533,6 +535,51 @@ def cost_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def student_costs(summaries: dict, models: dict) -> dict[str, dict]:
+    """What each tuned student (seed 0) took to make, counting the stages it builds on: the
+    teacher's tokens (generation; OPD adds every token the teacher scored) and the student-side
+    compute seconds (training; on-policy pairs add the SFT student's sampling)."""
+    gen = summaries.get("generate") or {}
+    generated = (gen.get("prompt_tokens") or 0) + (gen.get("completion_tokens") or 0)
+
+    def ran(stage: str) -> dict:
+        found = summaries.get(stage) or {}
+        return {} if found.get("skipped") else found
+
+    sft, dpo, opd, policy = ran("sft"), ran("dpo"), ran("opd"), ran("policy_pairs")
+    out = {}
+    if "student_sft" in models and sft:
+        out["student_sft"] = {"teacher_tokens": generated, "seconds": sft.get("seconds"),
+                              "data": f"{sft.get('train_examples', '?')} teacher examples"}
+    if "student_dpo" in models and sft and dpo:
+        on_policy = dpo.get("pairs_from") == "on_policy"
+        out["student_dpo"] = {
+            "teacher_tokens": generated,
+            "seconds": _sum(sft.get("seconds"), dpo.get("seconds"),
+                            policy.get("seconds") if on_policy else 0),
+            "data": f"{dpo.get('pairs', '?')} " + (
+                f"on-policy pairs ({policy.get('samples', '?')} student samples)" if on_policy
+                else "teacher pairs")}
+    if "student_opd" in models and sft and opd:
+        out["student_opd"] = {"teacher_tokens": generated + (opd.get("train_tokens") or 0),
+                              "seconds": _sum(sft.get("seconds"), opd.get("seconds")),
+                              "data": f"{opd.get('steps', '?')} steps of student samples "
+                                      f"scored by the teacher"}
+    return out
+
+
+def _sum(*values) -> float | None:
+    return None if any(v is None for v in values) else round(sum(values), 1)
+
+
+STUDENT_COST_HEADER = ["student", "teacher tokens", "training seconds (incl. SFT)", "trained on"]
+
+
+def student_cost_rows(report: dict) -> list[list[str]]:
+    return [[LABELS.get(name, name), f"{c['teacher_tokens']:,}", _fmt(c["seconds"], "{:.0f}"),
+             c["data"]] for name, c in (report.get("student_costs") or {}).items()]
+
+
 def _rule_line(report: dict) -> str:
     rule = report["verdict"].get("rule")
     if not rule:
@@ -611,6 +658,11 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Cost of distilling", "", "| " + " | ".join(COST_HEADER) + " |",
                   "|" + "---|" * len(COST_HEADER)]
         lines += ["| " + " | ".join(r) + " |" for r in costs]
+    if made := student_cost_rows(report):
+        lines += ["", "## What each student took", "",
+                  "| " + " | ".join(STUDENT_COST_HEADER) + " |",
+                  "|" + "---|" * len(STUDENT_COST_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in made]
     if report["funnel"]:
         lines += ["", "## Data funnel", "", "| " + " | ".join(FUNNEL_HEADER) + " |",
                   "|" + "---|" * len(FUNNEL_HEADER)]
@@ -650,6 +702,7 @@ th:first-child, td:first-child {{ text-align: left; }}
 {decision}
 <h2>Cost of distilling</h2>
 {cost}
+{made}
 <div class="plots">{images}</div>
 <h2>Data funnel</h2>
 {funnel}
@@ -690,6 +743,7 @@ def render_html(report: dict, images: dict[str, str]) -> str:
     caption, forgetting = forgetting_rows(report)
     forgetting_html = (f"<h2>Forgetting check</h2><p>{html.escape(caption)}</p>"
                        + _html_table(FORGETTING_HEADER, forgetting)) if forgetting else ""
+    made = student_cost_rows(report)
     caption, seed_header, seed_rows, decided = seed_tables(report)
     seeds_html = (f'<h2 id="seeds">Training seeds</h2><p>{html.escape(caption)}</p>'
                   + _html_table(seed_header, seed_rows)
@@ -706,7 +760,9 @@ def render_html(report: dict, images: dict[str, str]) -> str:
                                      for x in teacher_check_lines(report)) or "<li>not run</li>",
                        rule=html.escape(_rule_line(report)),
                        decision=_html_table(DECISION_HEADER, decision_rows(report)),
-                       cost=_html_table(COST_HEADER, cost_rows(report)))
+                       cost=_html_table(COST_HEADER, cost_rows(report)),
+                       made=(f'<h2 id="students">What each student took</h2>'
+                             + _html_table(STUDENT_COST_HEADER, made) if made else ""))
 
 
 def run_report(run) -> dict:

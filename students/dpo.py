@@ -2,11 +2,13 @@
 
 The policy is the base model with the SFT adapter, trainable. The reference is the same model
 with a frozen copy of that adapter (TRL's "ref" adapter), so no second full model is loaded.
-Reads `pairs/pairs.parquet`; writes `dpo/checkpoints/`, `dpo/adapter/`, `dpo/metrics.jsonl`.
+Reads `pairs/pairs.parquet` (or `policy_pairs/pairs.parquet` with `pairs.on_policy`);
+writes `dpo/checkpoints/`, `dpo/adapter/`, `dpo/metrics.jsonl`.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -36,7 +38,7 @@ def run_dpo(run: Run) -> dict:
     cfg = run.cfg
     if not cfg.dpo.enabled:
         return {"skipped": True}
-    pairs_path = run.paths.pairs
+    pairs_path = run.paths.dpo_pairs(cfg.pairs.on_policy)
     if pairs_path.is_file() and data.row_count(pairs_path) == 0:
         # A weak judge can tie every pair: say so and go on with the SFT student, rather than
         # stop the run before eval and the report.
@@ -122,6 +124,7 @@ def train_worker(job: TrainJob) -> dict:
         "steps": trainer.state.global_step,
         "resumed_from_step": resumed_from,
         "pairs": len(pairs),
+        "pairs_from": "on_policy" if cfg.pairs.on_policy else "teacher",
         "train_tokens": int(tokens),
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
         "seconds": round(seconds, 2),
@@ -139,10 +142,10 @@ def train_worker(job: TrainJob) -> dict:
         trainer.model.save_pretrained(str(job.adapter_dir), selected_adapters=["default"])
         tokenizer.save_pretrained(str(job.adapter_dir))
         card.write_card(job.adapter_dir, stage="dpo", base_model=cfg.student.model,
-                        base_path=job.base_path, dataset="pairs/pairs.parquet",
+                        base_path=job.base_path,
+                        dataset=os.path.relpath(job.data_path, job.run_dir),
                         dataset_sha256=job.data_sha256, config=job.config, metrics=summary,
-                        tags=job.tags,
-                        parent=job.init_adapter)
+                        tags=job.tags, parent=job.init_adapter)
     write_summary(job, summary)
     return summary
 

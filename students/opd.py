@@ -246,6 +246,8 @@ def train_worker(job: TrainJob) -> dict:
         "heldout_reverse_kl_after": kl_after,
         "train_loss": round(result.training_loss, 4),
         "steps": steps,
+        # prompt + sampled tokens of every step: what the teacher scored (and the student trained on)
+        "train_tokens": int(trainer.state.num_input_tokens_seen or 0),
         "seconds_per_step": round(seconds / ran, 2) if ran > 0 else None,
         "resumed_from_step": resumed_from,
         "prompts": len(chats),

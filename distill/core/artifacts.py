@@ -106,6 +106,21 @@ class RunPaths:
         return self.root / "pairs" / "pairs.parquet"
 
     @property
+    def policy_pairs(self) -> Path:
+        """On-policy pairs (`pairs.on_policy`): the curated target over this seed's SFT
+        student's own samples; per seed, as the SFT adapter they come from."""
+        return self.stage("policy_pairs") / "pairs.parquet"
+
+    @property
+    def policy_samples(self) -> Path:
+        """The SFT student's samples behind the on-policy pairs, with their scores."""
+        return self.stage("policy_pairs") / "samples.parquet"
+
+    def dpo_pairs(self, on_policy: bool) -> Path:
+        """The pairs DPO trains on."""
+        return self.policy_pairs if on_policy else self.pairs
+
+    @property
     def dedup_index(self) -> Path:
         return self.root / "dedup_index"
 

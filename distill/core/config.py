@@ -410,6 +410,13 @@ class PairsConfig(Section):
         "(origin label_swap)")
     normalize_answers: bool = Field(
         True, description="classification: chosen/rejected as normalised labels, like SFT targets")
+    on_policy: bool = Field(
+        False, description="DPO trains on the SFT student's own samples of the training prompts "
+                           "(stage policy_pairs, `distill pairs --on-policy`): the curated target "
+                           "chosen over each sample that scores min_margin lower by this scorer")
+    on_policy_samples: int = Field(4, gt=0, description="on_policy: student samples per prompt")
+    on_policy_temperature: float = Field(1.0, ge=0, description="on_policy: the student's "
+                                                                "sampling temperature")
 
     @field_validator("rule")
     @classmethod
@@ -663,6 +670,15 @@ class RunConfig(Section):
     cost: CostConfig = Field(default_factory=CostConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     refresh: RefreshConfig = Field(default_factory=RefreshConfig)
+
+    @model_validator(mode="after")
+    def _on_policy_needs_training(self) -> RunConfig:
+        if self.pairs.on_policy and not (self.pairs.enabled and self.sft.enabled
+                                         and self.dpo.enabled):
+            raise ValueError("pairs.on_policy: the pairs come from the SFT student's samples "
+                             "and only DPO reads them: it needs pairs.enabled, sft.enabled and "
+                             "dpo.enabled")
+        return self
 
     @model_validator(mode="after")
     def _columns_agree(self) -> RunConfig:

@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from distill.curation.labels import normalize_label
+
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("teacher", "student_base", "student_sft", "student_dpo")
 
@@ -34,7 +36,7 @@ def tiny_run(tmp_path_factory) -> Path:
 def test_full_run_writes_every_stage_and_the_report(tiny_run):
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in manifest["stages"].values())
-    assert len(manifest["stages"]) == 12  # opd included: off here, recorded as skipped
+    assert len(manifest["stages"]) == 13  # policy_pairs and opd included: off, recorded skipped
     report = json.loads((tiny_run / "report" / "report.json").read_text())
     for name in MODELS:
         row = report["models"][name]
@@ -61,6 +63,20 @@ def test_full_run_writes_every_stage_and_the_report(tiny_run):
     assert gold["mode"] == "filter" and gold["disagree"] > 0
     curated = pq.read_table(tiny_run / "curate" / "train.parquet").to_pylist()
     assert curated and all(r["target"] == r["label"] for r in curated)
+    # pairs.on_policy: DPO trained on pairs made of the SFT student's own samples.
+    policy = manifest["summaries"]["policy_pairs"]
+    assert policy["samples"] == 2 * policy["examples"] > 0 and policy["pairs"] > 0
+    pairs = pq.read_table(tiny_run / "policy_pairs" / "pairs.parquet").to_pylist()
+    samples = pq.read_table(tiny_run / "policy_pairs" / "samples.parquet").to_pylist()
+    assert len(pairs) == policy["pairs"] and {p["origin"] for p in pairs} == {"on_policy"}
+    labels = ["positive", "negative"]
+    sampled = {(s["example_id"], normalize_label(s["completion"], labels) or s["completion"])
+               for s in samples}
+    assert all((p["example_id"], p["rejected"]) in sampled for p in pairs)  # its own answers
+    assert all(p["chosen_score"] - p["rejected_score"] >= 0.5 for p in pairs)
+    assert manifest["summaries"]["dpo"]["pairs_from"] == "on_policy"
+    assert manifest["summaries"]["dpo"]["pairs"] == policy["pairs"]
+    assert "on-policy pairs" in report["student_costs"]["student_dpo"]["data"]
     # The exported card and report.json say where the student came from.
     tags = yaml.safe_load((tiny_run / "export" / "adapter" / "README.md").read_text()
                           .split("---", 2)[1])["distill"]["run"]
@@ -78,7 +94,7 @@ def test_rerun_skips_completed_stages(tiny_run):
     proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(cfg)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("already done, skipped") == 12
+    assert proc.stdout.count("already done, skipped") == 13
     # A changed key is refused, naming it, before anything runs (tests/foundation/
     # test_stale_config.py has the rest)
     proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(cfg), "--set",

@@ -89,6 +89,13 @@ def test_cross_field_rules(tmp_path):
         load_config(path)
 
 
+def test_on_policy_pairs_need_the_training_stages_that_use_them():
+    assert load_config(QUICKSTART, ["pairs.on_policy=true"]).pairs.on_policy
+    with pytest.raises(ConfigError, match="pairs.on_policy: .* needs pairs.enabled, sft.enabled "
+                                          "and dpo.enabled"):
+        load_config(QUICKSTART, ["pairs.on_policy=true", "dpo.enabled=false"])
+
+
 def test_overrides_are_validated_too():
     cfg = load_config(QUICKSTART, ["sft.max_steps=7", "generate.n=2"])
     assert (cfg.sft.max_steps, cfg.generate.n) == (7, 2)

@@ -219,3 +219,40 @@ def test_json_report_names_field_f1_from_the_task(tmp_path):
     md = render_markdown(report)
     assert "field_f1 (95% CI, higher is better)" in md and "cut at" not in md
     assert "Scored against the gold answers of 10 held-out rows" in md
+
+
+def test_opd_and_on_policy_dpo_students_sit_side_by_side_with_what_each_took(tmp_path):
+    """SFT, SFT+DPO (on-policy pairs) and SFT+OPD in one report: each row, each in the decision,
+    and what each took: teacher tokens (OPD adds what the teacher scored) and training seconds
+    counting SFT (on-policy DPO adds the student's sampling)."""
+    _predictions(tmp_path, teacher=160, student_base=120, student_sft=150, student_dpo=155,
+                 student_opd=158)
+    (tmp_path / "eval" / "results.json").write_text(json.dumps({
+        "main_metric": "accuracy", "models": {
+            "teacher": {"accuracy": _est(0.80)}, "student_base": {"accuracy": _est(0.60)},
+            "student_sft": {"accuracy": _est(0.75)}, "student_dpo": {"accuracy": _est(0.775)},
+            "student_opd": {"accuracy": _est(0.79)}}}))
+    manifest = {"run_id": "r2", "config": {"task": {"name": "t"}}, "summaries": {
+        "generate": {"prompt_tokens": 9000, "completion_tokens": 1000, "wall_s": 100},
+        "sft": {"seconds": 200.0, "train_examples": 90},
+        "policy_pairs": {"seconds": 30.0, "samples": 360, "pairs": 40},
+        "dpo": {"seconds": 50.0, "pairs": 40, "pairs_from": "on_policy"},
+        "opd": {"seconds": 120.0, "steps": 20, "train_tokens": 4000}}}
+    report = build_report(tmp_path, manifest, CFG)
+    assert set(report["models"]) == {"teacher", "student_base", "student_sft", "student_dpo",
+                                     "student_opd"}
+    made = report["student_costs"]
+    assert made["student_sft"] == {"teacher_tokens": 10000, "seconds": 200.0,
+                                   "data": "90 teacher examples"}
+    assert made["student_dpo"]["seconds"] == 280.0 and made["student_dpo"]["teacher_tokens"] == 10000
+    assert made["student_dpo"]["data"] == "40 on-policy pairs (360 student samples)"
+    assert made["student_opd"]["teacher_tokens"] == 14000 and made["student_opd"]["seconds"] == 320.0
+    assert set(report["verdict"]["students"]) >= {"student_sft", "student_dpo", "student_opd"}
+    items = [x["item"] for x in report["verdict"]["cost"]["one_off"]["items"]]
+    assert items == ["teacher generation", "on-policy pairs", "SFT training", "DPO training",
+                     "OPD training"]
+    md = render_markdown(report)
+    assert "| student SFT+OPD | 0.790 [0.770, 0.810]" in md
+    assert "| student SFT+OPD | 14,000 | 320 | 20 steps of student samples scored by the " \
+           "teacher |" in md
+    assert 'id="students"' in render_html(report, {})

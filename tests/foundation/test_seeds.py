@@ -64,7 +64,7 @@ def test_seed_zero_keeps_the_single_seed_paths_and_seed_k_lives_under_seeds(tmp_
 def test_the_plan_runs_shared_stages_once_and_the_training_block_seed_by_seed(tmp_path):
     run = Run(_cfg(tmp_path, seeds=3))
     steps = [label(r, s.name) for r, s in plan(run, STAGES)]
-    block = ["sft", "dpo", "opd", "export", "eval"]  # opd: off here, recorded as skipped
+    block = ["sft", "policy_pairs", "dpo", "opd", "export", "eval"]  # off ones: recorded skipped
     assert steps == ["prompts", "check", "generate", "curate", "pairs", *block,
                      *[f"{n} (seed 1)" for n in block], *[f"{n} (seed 2)" for n in block],
                      "bench", "report"]
@@ -111,7 +111,7 @@ def test_a_stale_seed_is_refused_by_name_and_more_seeds_only_redo_the_report(tmp
     with pytest.raises(StaleStageError) as err:
         run_all(Run(changed))
     text = str(err.value)
-    assert "sft, dpo, opd, export, eval, sft (seed 1), dpo (seed 1)" in text
+    assert "sft, policy_pairs, dpo, opd, export, eval, sft (seed 1), policy_pairs (seed 1)" in text
     assert "sft.learning_rate" in text
     assert not stale_changes(Run(changed).for_seed(1), stage_by_name("pairs"))
 
