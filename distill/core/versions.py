@@ -108,7 +108,7 @@ def data_dir(version_dir: Path) -> RunPaths:
 
 # --- the student a version trained -----------------------------------------------------------
 
-STUDENTS = ("student_dpo", "student_sft")  # eval/results.json names, best first
+STUDENTS = ("student_dpo", "student_opd", "student_sft")  # eval/results.json names, best first
 
 
 def _value(entry: Any, metric: str) -> float | None:
