@@ -102,7 +102,10 @@ class VLLMGenerator:
     def __init__(self, model_path: str, *, max_model_len: int = 2048, dtype: str = "auto",
                  engine_kwargs: dict | None = None, lora_path: str | None = None,
                  max_lora_rank: int = 16, seed: int = 0):
-        from vllm import LLM
+        from distill.core.logs import engine_output_to_log
+
+        with engine_output_to_log():
+            from vllm import LLM
 
         self.model_path = model_path
         self.max_model_len = max_model_len
@@ -110,7 +113,8 @@ class VLLMGenerator:
                                 engine_kwargs=engine_kwargs, lora_path=lora_path,
                                 max_lora_rank=max_lora_rank, seed=seed)
         start = time.perf_counter()
-        self.llm = LLM(**self.args)
+        with engine_output_to_log():
+            self.llm = LLM(**self.args)
         self.startup_s = time.perf_counter() - start
         self.tokenizer = self.llm.get_tokenizer()
         self.lora_request = None

@@ -17,7 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 # Loggers that write to the console on their own (their children propagate to them).
 LIBRARY_LOGGERS = ("ray", "ray.data", "vllm", "transformers", "trl", "peft", "accelerate",
@@ -67,6 +70,33 @@ def reroute() -> None:
     root = logging.getLogger()
     if _handler not in root.handlers:
         root.addHandler(_handler)
+
+
+@contextmanager
+def engine_output_to_log() -> Iterator[None]:
+    """While an engine starts, the process's stdout and stderr (file descriptors 1 and 2) write
+    to the library log: what vLLM's engine subprocess prints before its logging is set up
+    (warnings of torch's C++ code, Triton, weight-loading bars) goes there for the engine's
+    whole life, since a child keeps the descriptors it was started with. This process gets its
+    console back when the block ends. Does nothing unless `route_library_logs` ran."""
+    if _handler is None:
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    log = os.open(_handler.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, log):
+            os.close(fd)
 
 
 def own_log_env(env: dict[str, str]) -> dict[str, str]:

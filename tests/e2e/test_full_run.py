@@ -29,6 +29,7 @@ def tiny_run(tmp_path_factory) -> Path:
     proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(path)],
                           capture_output=True, text=True, cwd=ROOT, timeout=1500)
     assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-4000:])
+    (out.parent / "console.txt").write_text(proc.stdout + proc.stderr)
     return out
 
 
@@ -86,6 +87,16 @@ def test_full_run_writes_every_stage_and_the_report(tiny_run):
     # The distilled student is served with the short prompt: fewer prompt tokens per request.
     assert report["models"]["student_dpo"]["prompt_tokens_per_request"] \
         < report["models"]["teacher"]["prompt_tokens_per_request"]
+
+
+@pytest.mark.slow
+def test_console_shows_no_engine_start_up_output(tiny_run):
+    """What the in-process vLLM engines' subprocesses print while they start goes to the
+    run's library log, not the console."""
+    console = (tiny_run.parent / "console.txt").read_text()
+    log = (tiny_run / "logs" / "libraries.log").read_text()
+    for noise in ("Loading safetensors checkpoint shards", "Triton is installed"):
+        assert noise not in console and noise in log, noise
 
 
 @pytest.mark.slow
