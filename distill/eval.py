@@ -1,7 +1,8 @@
 """Stage `eval`: held-out quality of teacher, base student and the tuned students (SFT, SFT+DPO,
 SFT+OPD).
 
-All four answer the same held-out rows, greedily, through the same engine interface; each is
+All answer the same held-out rows, greedily, each model on its group's OpenAI-compatible server
+(distill/contenders.py; bench measures latency on that same server before it stops); each is
 scored with the task's metrics and a bootstrap 95% CI. The students also answer a few broad
 instruction-following prompts (distill/forgetting.py: IFBench items, scored 0/1), so forgetting
 shows up next to the task gain. Each contender's answers are saved as
@@ -15,60 +16,23 @@ also get a pairwise judge (distill/judge.py): each student against the teacher, 
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 
 from distill import forgetting, judge, metrics
+from distill.contenders import (Contender, contenders, engine_groups, has_server,
+                                served_generator, served_group, trained_budget)
 from distill.core.config import RunConfig, TaskConfig
 from distill.data import majority_label, read_examples
 from distill.core.errors import ConfigError, StageNotReadyError
 from distill.curation.labels import canonical_json, normalize_label
-from distill.core.messages import Message, teacher_messages
+from distill.core.messages import teacher_messages
 from distill.core.io import read_json, write_json_atomic, write_parquet_atomic
+from distill.latency import measure_contender, saved_measure
 from distill.core.rundir import Run
 from distill.stats import compare
 
 MAIN_METRIC = metrics.MAIN_METRIC
-# Tuned students: (training stage, contender name); the DPO student trained on on-policy pairs
-# with `pairs.on_policy` (its summary says which: pairs_from).
-TUNED = (("sft", "student_sft"), ("dpo", "student_dpo"), ("opd", "student_opd"))
-
-
-@dataclass(frozen=True)
-class Contender:
-    name: str
-    role: str  # teacher | student
-    adapter: Path | None
-    prompt: Callable[[TaskConfig, str], list[Message]]
-
-
-def contenders(run) -> list[Contender]:
-    """Teacher and base student always; SFT / DPO / OPD students where their adapters exist, on
-    their short prompt with over-long inputs shortened as in training (students/fit.py)."""
-    out = [
-        Contender("teacher", "teacher", None, teacher_messages),
-        Contender("student_base", "student", None,
-                  lambda task, text: teacher_messages(task, text, few_shot=False)),
-    ]
-    for stage, name in TUNED:
-        if (adapter := run.paths.finished_adapter(stage)) is not None:
-            out.append(Contender(name, "student", adapter, fitted_prompt(run, stage)))
-    return out
-
-
-def trained_budget(run: Run, stage: str) -> int | None:
-    return (read_json(run.paths.train_summary(stage)) or {}).get("prompt_budget")
-
-
-def fitted_prompt(run: Run, stage: str) -> Callable[[TaskConfig, str], list[Message]]:
-    """The student's short prompt, its input cut to the budget the stage trained with."""
-    from students.fit import load_fitter
-
-    fitter = load_fitter(run.cfg, trained_budget(run, stage))
-    return lambda task, text: fitter.messages(text)
 
 
 def shortened_inputs(run: Run, stage: str, texts: list[str]) -> int:
@@ -129,28 +93,12 @@ def _requests(cfg: RunConfig, c: Contender, examples, general: list[forgetting.I
     return requests
 
 
-def engine_groups(cfg: RunConfig, everyone: list[Contender]) -> list[list[Contender]]:
-    """Contenders that share one engine: the teacher alone; the students together on one
-    engine with LoRA adapters (`student.serve: lora`), or each tuned student merged on its own."""
-    teacher = [c for c in everyone if c.role == "teacher"]
-    students = [c for c in everyone if c.role == "student"]
-    if cfg.student.serve == "lora":
-        return [teacher, students]
-    return [teacher, [c for c in students if c.adapter is None],
-            *[[c] for c in students if c.adapter is not None]]
-
-
-def is_merged(cfg: RunConfig, group: list[Contender]) -> bool:
-    return cfg.student.serve == "merged" and group[0].adapter is not None
-
-
 def _answer_all(run: Run, group: list[Contender], examples,
                 general: list[forgetting.Item]) -> dict[str, dict]:
     """Greedy answers of the contenders of one engine group; each saved as soon as it ends,
-    and not asked again on a rerun."""
-    from distill.engines import merged_student, open_generator
-    from teachers.base import SamplingSpec
-
+    and not asked again on a rerun. They are asked on the group's server; when bench is on
+    (and this is seed 0, whose students bench measures), latency is measured on that same
+    server before it stops, so bench need not start it again."""
     cached = {c.name: read_json(run.paths.eval_answers(c.name)) for c in group
               if run.paths.eval_answers(c.name).exists()}
     # answers saved for another forgetting item list (older code, other items) are asked again
@@ -160,22 +108,43 @@ def _answer_all(run: Run, group: list[Contender], examples,
     todo = [c for c in group if c.name not in cached]
     if not todo:
         return cached
-    merged = merged_student(run, todo[0].adapter) if is_merged(run.cfg, todo) else None
-    adapter = None if merged else next((c.adapter for c in todo if c.adapter is not None), None)
-    with open_generator(run.cfg, todo[0].role, adapter=adapter, model_path=merged) as generator:
+    if not has_server(run.cfg, group):
+        return _answer_in_process(run, todo, examples, general, cached)
+    bench = run.cfg.bench.enabled and run.seed_index == 0
+    with served_group(run, group) as served:
         for c in todo:
-            if c.role == "student" and merged is None:
-                generator.use_adapter(c.adapter)
-            answers, finished = [], []
-            for message_lists, max_tokens in _requests(run.cfg, c, examples, general):
-                sampling = SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens,
-                                        seed=run.cfg.seed)
-                completions = generator.generate(message_lists, sampling)
-                answers.append([x.text if x.ok else "" for x in completions])
-                finished.append([x.finish_reason if x.ok else "error" for x in completions])
-            cached[c.name] = {**dict(zip(("task", "general"), answers)),
-                              "finish_reasons": finished[0], "max_tokens": run.cfg.answer_tokens}
-            write_json_atomic(run.paths.eval_answers(c.name), cached[c.name])
+            cached[c.name] = _answers(run, served_generator(run.cfg, served, c), c, examples,
+                                      general)
+        for c in group if bench else []:
+            if saved_measure(run, c) is None:
+                measure_contender(run, served, c)
+    return cached
+
+
+def _answers(run: Run, generator, c: Contender, examples, general) -> dict:
+    """One contender's answers (task, and forgetting items for students), saved."""
+    from teachers.base import SamplingSpec
+
+    answers, finished = [], []
+    for message_lists, max_tokens in _requests(run.cfg, c, examples, general):
+        sampling = SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens, seed=run.cfg.seed)
+        completions = generator.generate(message_lists, sampling)
+        answers.append([x.text if x.ok else "" for x in completions])
+        finished.append([x.finish_reason if x.ok else "error" for x in completions])
+    found = {**dict(zip(("task", "general"), answers)), "finish_reasons": finished[0],
+             "max_tokens": run.cfg.answer_tokens}
+    write_json_atomic(run.paths.eval_answers(c.name), found)
+    return found
+
+
+def _answer_in_process(run: Run, todo: list[Contender], examples, general,
+                       cached: dict[str, dict]) -> dict[str, dict]:
+    """A `transformers` teacher, which has no server: asked in this process."""
+    from distill.engines import open_generator
+
+    with open_generator(run.cfg, "teacher") as generator:
+        for c in todo:
+            cached[c.name] = _answers(run, generator, c, examples, general)
     return cached
 
 

@@ -761,7 +761,7 @@ def render_html(report: dict, images: dict[str, str]) -> str:
                        rule=html.escape(_rule_line(report)),
                        decision=_html_table(DECISION_HEADER, decision_rows(report)),
                        cost=_html_table(COST_HEADER, cost_rows(report)),
-                       made=(f'<h2 id="students">What each student took</h2>'
+                       made=('<h2 id="students">What each student took</h2>'
                              + _html_table(STUDENT_COST_HEADER, made) if made else ""))
 
 

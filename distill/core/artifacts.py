@@ -186,6 +186,11 @@ class RunPaths:
     def bench_results(self) -> Path:
         return self.root / "bench" / "results.json"
 
+    def bench_measured(self, contender: str) -> Path:
+        """One contender's latency measurement, saved by eval on the server it answered with
+        (or by bench), reused by bench when made under the same settings."""
+        return self.root / "bench" / "measured" / f"{contender}.json"
+
     def server_log(self, name: str) -> Path:
         return self.root / "bench" / f"vllm_{name}.log"
 

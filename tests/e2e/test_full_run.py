@@ -64,6 +64,9 @@ def test_full_run_writes_every_stage_and_the_report(tiny_run):
     assert gold["mode"] == "filter" and gold["disagree"] > 0
     curated = pq.read_table(tiny_run / "curate" / "train.parquet").to_pylist()
     assert curated and all(r["target"] == r["label"] for r in curated)
+    # Eval measured each model's latency on the server it answered with: bench started none.
+    bench = json.loads((tiny_run / "bench" / "results.json").read_text())
+    assert sorted(bench["measured_in_eval"]) == sorted(report["models"])
     # pairs.on_policy: DPO trained on pairs made of the SFT student's own samples.
     policy = manifest["summaries"]["policy_pairs"]
     assert policy["samples"] == 2 * policy["examples"] > 0 and policy["pairs"] > 0
