@@ -351,7 +351,10 @@ def job_logs(submission_id: str = typer.Argument(..., help="from `distill submit
 def refresh(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
             list_: bool = typer.Option(False, "--list", help="show the versions, run nothing"),
             rollback: bool = typer.Option(False, "--rollback",
-                                          help="promote again the previously promoted student")):
+                                          help="promote again the previously promoted student"),
+            from_traffic: bool = typer.Option(
+                False, "--from-traffic", help="the new prompts are the ones `distill serve` "
+                                              "captured (<run>/traffic), not prompts.path")):
     """Incremental cycle: new prompts only, dedup against the index, retrain, gate, promote."""
     cfg = load_config(config, overrides)
     if rollback:
@@ -361,7 +364,7 @@ def refresh(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideO
     if not list_:
         if not VERBOSE:  # one library log for the whole cycle, at the top of its output dir
             route_library_logs(RunPaths(cfg.output_dir).library_log)
-        result = refreshing.refresh(cfg, pipeline.run_stage)
+        result = refreshing.refresh(cfg, pipeline.run_stage, from_traffic=from_traffic)
         console.print_json(refreshing.dumps(result))
     table = Table("version", "status", "new prompts", "metric", "promoted",
                   title=f"refreshes of {cfg.output_dir}")
