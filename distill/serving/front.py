@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from distill.core.errors import DistillError
 from distill.serving.capture import TrafficWriter
 from distill.serving.metrics import ServeMetrics
 from distill.serving.routes import Routes, UnknownModel
@@ -93,7 +94,9 @@ class Front:
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, "the body is not JSON")
+            body = None
+        if not isinstance(body, dict):
+            return _error(400, "the body is not a JSON object")
         name = body.get("model") or self.routes.task
         try:
             version = self.routes.resolve(name)
@@ -104,7 +107,11 @@ class Front:
         except NotServable as exc:
             self.metrics.record(name, time.perf_counter() - started, ok=False)
             return _error(409, str(exc), "version_not_loaded")
-        prompt, formatted = self._prepare(body, kind, version)
+        try:
+            prompt, formatted = self._prepare(body, kind, version)
+        except DistillError as exc:  # an input the task's template cannot take, by name
+            self.metrics.record(name, time.perf_counter() - started, ok=False)
+            return _error(400, str(exc))
         body["model"] = version
         served = f"{self.routes.task}@{version}"
         row = {"request_id": uuid.uuid4().hex, "model": name, "version": version,
