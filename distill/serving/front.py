@@ -177,8 +177,9 @@ class Front:
                         yield f"data: {json.dumps(chunk)}\n\n"
         except httpx.HTTPError:
             ok = False
-        row["answer"] = "".join(parts)
-        self._done(row, started, ok)
+        finally:  # also when the client hangs up after [DONE] and the generator is closed
+            row["answer"] = "".join(parts)
+            self._done(row, started, ok)
 
     def _done(self, row: dict, started: float, ok: bool) -> None:
         row.update(latency_s=time.perf_counter() - started, status="ok" if ok else "error")

@@ -58,7 +58,7 @@ def test_serve_two_versions_capture_and_live_promotion(tmp_path):
     run_dir = tmp_path / "run"
     port = free_port()
     cfg_path = write_config(tmp_path / "config.yaml", serve_config(run_dir, serve={
-        "port": port, "capture": {"enabled": True, "rows_per_shard": 4}}))
+        "port": port, "capture": {"enabled": True, "rows_per_shard": 4, "flush_s": 3600}}))
     cfg = load_config(cfg_path)
     v0 = add_version(run_dir, "v0000", lambda d: noisy_adapter(cfg, d, seed=0, sigma=0.02), 0.6)
     add_version(run_dir, "v0001", lambda d: noisy_adapter(cfg, d, seed=1, sigma=0.4), 0.7)
