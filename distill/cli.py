@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distill import pipeline, promote as promotion, refresh as refreshing
+from distill import drift as drifting, serve as serving
 from distill.core.artifacts import RunPaths
 from distill.core.config import load_config
 from distill.core.errors import DistillError
@@ -350,7 +351,10 @@ def job_logs(submission_id: str = typer.Argument(..., help="from `distill submit
 def refresh(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
             list_: bool = typer.Option(False, "--list", help="show the versions, run nothing"),
             rollback: bool = typer.Option(False, "--rollback",
-                                          help="promote again the previously promoted student")):
+                                          help="promote again the previously promoted student"),
+            from_traffic: bool = typer.Option(
+                False, "--from-traffic", help="the new prompts are the ones `distill serve` "
+                                              "captured (<run>/traffic), not prompts.path")):
     """Incremental cycle: new prompts only, dedup against the index, retrain, gate, promote."""
     cfg = load_config(config, overrides)
     if rollback:
@@ -360,7 +364,7 @@ def refresh(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideO
     if not list_:
         if not VERBOSE:  # one library log for the whole cycle, at the top of its output dir
             route_library_logs(RunPaths(cfg.output_dir).library_log)
-        result = refreshing.refresh(cfg, pipeline.run_stage)
+        result = refreshing.refresh(cfg, pipeline.run_stage, from_traffic=from_traffic)
         console.print_json(refreshing.dumps(result))
     table = Table("version", "status", "new prompts", "metric", "promoted",
                   title=f"refreshes of {cfg.output_dir}")
@@ -379,6 +383,37 @@ def promote(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideO
     record = promotion.promote_version(load_config(config, overrides), version)
     console.print(f"promoted {record['version']}: {record['adapter']} "
                   f"({record['metric']} {record['value']:.4f})")
+
+
+@app.command("serve")
+@user_errors
+def serve(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+          run_dir: Optional[Path] = typer.Option(
+              None, "--run", help="the run dir to serve (default: the config's output_dir)"),
+          version: Optional[str] = typer.Option(
+              None, "--version", help="pin the default name to this version (default: the "
+                                      "promoted one, followed live)")):
+    """The student behind an OpenAI-compatible endpoint: `<task>` is the promoted version,
+    `<task>@vNNNN` any evaluated one; /health, /metrics, opt-in traffic capture."""
+    cfg = load_config(config, overrides)
+    if not VERBOSE:
+        route_library_logs(RunPaths(run_dir or cfg.output_dir).library_log)
+    serving.serve(cfg, run_dir, version)
+
+
+@app.command("drift")
+@user_errors
+def drift(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+          run_dir: Optional[Path] = typer.Option(
+              None, "--run", help="the run dir whose traffic is checked (default: output_dir)")):
+    """Captured traffic against the training prompts: lengths, n-grams, near-duplicates,
+    teacher agreement. Writes drift/report.{json,html}; exit 1 above a drift.* limit."""
+    cfg = load_config(config, overrides)
+    result = drifting.run_drift(cfg, run_dir)
+    for line in drifting.summary_lines(result):
+        console.print(line, highlight=False, soft_wrap=True)
+    if result["alarms"]:
+        raise typer.Exit(1)
 
 
 @app.command("schedule")

@@ -34,6 +34,7 @@ from distill.core.artifacts import RunPaths
 from distill.core.config import RunConfig
 from distill.core.errors import ConfigError, DistillError, StageNotReadyError
 from distill.core.io import atomic_outputs, file_sha256, read_json, write_parquet_atomic
+from distill.core.messages import text_id
 from distill.core.rundir import Run
 from distill.core import versions as V
 
@@ -110,32 +111,71 @@ def seen_prompt_ids(base: Path, exclude: Path | None = None) -> set[str]:
     return seen
 
 
-def select_new_prompts(cfg: RunConfig, exclude: Path | None = None) -> list:
-    """New prompts in source order: never sent to the teacher, not in the held-out set."""
+def select_new_prompts(cfg: RunConfig, exclude: Path | None = None,
+                       from_traffic: bool = False) -> list:
+    """New prompts in source order: never sent to the teacher, not in the held-out set.
+    `from_traffic`: the prompts `distill serve` captured instead of the prompt source."""
     from distill.data import collect, load_rows
 
     base = Path(cfg.output_dir)
+    if from_traffic:
+        return _cap(cfg, traffic_prompts(base, exclude))
     examples, _bad, _dups = collect(load_rows(cfg), cfg.prompts.on_bad_row)
     skip = _read_ids(RunPaths(base).test_prompts) | seen_prompt_ids(base, exclude)
-    new = [e for e in examples if e.example_id not in skip]
+    return _cap(cfg, [e for e in examples if e.example_id not in skip])
+
+
+def _cap(cfg: RunConfig, new: list) -> list:
     if cfg.refresh.max_new_prompts is not None:
         new = new[: cfg.refresh.max_new_prompts]
     return new
 
 
-def write_version_prompts(run: Run, cfg: RunConfig, new: list | None) -> dict:
+def _read_text_ids(path: Path) -> set[str]:
+    from distill.data import read_examples
+
+    return {text_id(e.text) for e in read_examples(path)} if path.exists() else set()
+
+
+def traffic_prompts(base: Path, exclude: Path | None = None) -> list:
+    """Captured prompts (`<run>/traffic/`, oldest first) as examples: one per distinct text
+    (whitespace-normalised), none that is in the held-out set or that the first run or a
+    refresh already sent to the teacher, by id or by text. Near-duplicates of either are
+    then dropped by curate, as for any refresh (dedup index, decontamination)."""
+    from distill.data import Example
+    from distill.serving.capture import read_traffic
+
+    paths = [RunPaths(base).test_prompts, RunPaths(base).train_prompts] + [
+        V.data_dir(d).train_prompts for _, d in V.versions(base)
+        if exclude is None or d.resolve() != exclude.resolve()]
+    skip = _read_ids(RunPaths(base).test_prompts) | seen_prompt_ids(base, exclude)
+    for path in paths:
+        skip |= _read_text_ids(path)
+    rows = read_traffic(RunPaths(base).traffic).to_pylist()
+    new = []
+    for i, row in enumerate(rows):
+        text = (row["prompt"] or "").strip()
+        key = text_id(text)
+        if text and key not in skip:
+            skip.add(key)
+            new.append(Example(key, text, None, f"traffic:{row['request_id']}", i))
+    return new
+
+
+def write_version_prompts(run: Run, cfg: RunConfig, new: list | None,
+                          from_traffic: bool = False) -> dict:
     from distill.data import write_examples
 
     base = Path(cfg.output_dir)
     if new is None:  # resuming a version whose prompts step never finished
-        new = select_new_prompts(cfg, exclude=run.dir.parent)
+        new = select_new_prompts(cfg, exclude=run.dir.parent, from_traffic=from_traffic)
     out = run.paths
     copy_held_out(base, out)
     write_examples(out.train_prompts, new)
     ids = sorted(e.example_id for e in new)
     return {"new_prompts": len(new), "new_prompt_ids_sha256": _ids_sha(ids),
             "test_sha256": file_sha256(out.test_prompts),
-            "sources": sorted({e.source for e in new})}
+            "sources": ["traffic"] if from_traffic else sorted({e.source for e in new})}
 
 
 def copy_held_out(base: Path, dest: RunPaths) -> None:
@@ -269,7 +309,7 @@ def train_config(cfg: RunConfig, vdir: Path, parent: dict | None) -> RunConfig:
                           export__merged=True)
 
 
-def refresh(cfg: RunConfig, stage_runner: StageRunner) -> RefreshResult:
+def refresh(cfg: RunConfig, stage_runner: StageRunner, from_traffic: bool = False) -> RefreshResult:
     """One refresh cycle (or the resumption of an unfinished one). See the module docstring.
 
     `stage_runner(run, name)` runs one stage of the pipeline (the CLI passes
@@ -281,7 +321,7 @@ def refresh(cfg: RunConfig, stage_runner: StageRunner) -> RefreshResult:
                                  "prompts/test.parquet is fixed by `distill run CONFIG` first)")
     vdir, new = unfinished_version(base), None
     if vdir is None:
-        new = select_new_prompts(cfg)
+        new = select_new_prompts(cfg, from_traffic=from_traffic)
         if len(new) < cfg.refresh.min_new_prompts:
             reason = f"{len(new)} new prompt(s) < refresh.min_new_prompts={cfg.refresh.min_new_prompts}"
             console.print(f"[yellow]nothing to refresh: {reason}[/yellow]")
@@ -294,6 +334,7 @@ def refresh(cfg: RunConfig, stage_runner: StageRunner) -> RefreshResult:
         V.save_lineage(vdir, {
             "version": vdir.name, "status": "running", "created": V.now(),
             "parent": parent["version"] if parent else None,
+            "prompt_source": "traffic" if from_traffic else "prompts",
             "retrain_from": cfg.refresh.retrain_from, "config_hash": cfg.config_hash()})
     console.rule(f"[bold]refresh {vdir.name}[/bold]")
     record = V.lineage(vdir)
@@ -307,7 +348,10 @@ def refresh(cfg: RunConfig, stage_runner: StageRunner) -> RefreshResult:
 
 def _cycle(cfg, base, vdir, record, new, stage_runner) -> RefreshResult:
     data_run = Run(derived_config(cfg, V.data_root(vdir)))
-    prompts = own_step(data_run, "prompts", lambda: write_version_prompts(data_run, cfg, new))
+    # A resumed version keeps the prompt source it was started with.
+    traffic = record.get("prompt_source") == "traffic"
+    prompts = own_step(data_run, "prompts",
+                       lambda: write_version_prompts(data_run, cfg, new, traffic))
     record.update(new_prompts=prompts["new_prompts"],
                   new_prompt_ids_sha256=prompts["new_prompt_ids_sha256"],
                   test_sha256=prompts["test_sha256"], sources=prompts["sources"])

@@ -74,13 +74,15 @@ def vllm_server(model_path: str, *, served_name: str = "model", max_model_len: i
                 dtype: str = "auto", lora_modules: dict[str, str] | None = None,
                 max_lora_rank: int = 16, extra_args: list[str] | None = None,
                 startup_timeout_s: float = 600.0, log_path: str | Path | None = None,
-                ) -> Iterator[str]:
-    """Yield the base URL (`http://127.0.0.1:PORT/v1`) of a healthy server; stop it on exit."""
+                env: dict[str, str] | None = None) -> Iterator[str]:
+    """Yield the base URL (`http://127.0.0.1:PORT/v1`) of a healthy server; stop it on exit.
+    `env`: extra variables for the server (VLLM_ALLOW_RUNTIME_LORA_UPDATING for `distill serve`)."""
     port = free_port()
     cmd = serve_command(model_path, port, served_name=served_name, max_model_len=max_model_len,
                         dtype=dtype, lora_modules=lora_modules, max_lora_rank=max_lora_rank,
                         extra_args=extra_args or [])
-    env = own_log_env({**os.environ}) if log_path else {**os.environ}
+    env = {**os.environ, **(env or {})}
+    env = own_log_env(env) if log_path else env
     for key, value in (cpu_engine_env() if not has_gpu() else {}).items():
         env.setdefault(key, value)
     if log_path:

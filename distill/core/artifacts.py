@@ -194,6 +194,20 @@ class RunPaths:
     def server_log(self, name: str) -> Path:
         return self.root / "bench" / f"vllm_{name}.log"
 
+    # --- serve, drift (after the run, on the first run's dir) -------------------------------------
+    @property
+    def traffic(self) -> Path:
+        """Captured live traffic: Parquet shards written by `distill serve` (opt-in)."""
+        return self.root / "traffic"
+
+    @property
+    def serve_log(self) -> Path:
+        return self.root / "serve" / "vllm.log"
+
+    @property
+    def drift_dir(self) -> Path:
+        return self.root / "drift"
+
     @property
     def report_dir(self) -> Path:
         return self.root / "report"

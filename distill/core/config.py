@@ -645,6 +645,83 @@ class RefreshConfig(Section):
         None, gt=0, description="cap per refresh (the rest waits for the next); None = all")
 
 
+# --- serving, traffic, drift -----------------------------------------------------------------
+
+# Default PII patterns for captured traffic (secrets are always scrubbed, see distill/serving).
+DEFAULT_PII = {
+    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+    "phone": r"(?<!\w)\+?\d[\d ().-]{7,}\d(?!\w)",
+}
+
+
+class CaptureConfig(Section):
+    """Live traffic written to `<output_dir>/traffic/` as Parquet shards (opt-in)."""
+
+    enabled: bool = Field(False, description="append each request (prompt, answer, version, "
+                                              "latency, tokens) to Parquet shards")
+    rows_per_shard: int = Field(1000, gt=0, description="a shard is written when this many "
+                                                        "rows are buffered (rotation)")
+    flush_s: float = Field(60.0, gt=0, description="also write what is buffered this often")
+    max_mb: float = Field(1024.0, gt=0, description="size cap of the traffic folder; above "
+                                                    "it rows are counted as dropped, not written")
+    pii_patterns: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_PII),
+        description="name -> regex replaced by [REDACTED:name] before writing (secrets such "
+                    "as API keys and tokens are always scrubbed)")
+
+    @field_validator("pii_patterns")
+    @classmethod
+    def _patterns_compile(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, pattern in v.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pii_patterns.{name}: not a valid regex ({exc})") from None
+        return v
+
+
+class ServeConfig(Section):
+    """`distill serve`: the promoted student (and every evaluated version) behind vLLM's
+    OpenAI-compatible server, with a thin front for names, capture and metrics."""
+
+    host: str = Field("127.0.0.1", description="the front's address (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=0, le=65535, description="the front's port (0: a free one)")
+    mode: Literal["lora", "merged"] = Field(
+        "lora", description="lora: one base, every version an adapter, chosen per request, "
+        "promotions live without restart; merged: the promoted version's merged model only "
+        "(a promotion needs a restart)")
+    max_loras: int = Field(4, gt=0, description="adapters in one batch (vLLM --max-loras)")
+    format_inputs: bool = Field(
+        True, description="a request that is one user turn is the task's raw input: rendered "
+        "as the student's training prompt (student instruction, template, cut to the trained "
+        "budget); other requests pass unchanged")
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+
+
+class DriftConfig(Section):
+    """`distill drift`: captured traffic against the training prompts; exit 1 above a limit."""
+
+    min_rows: int = Field(20, gt=0, description="fewer captured rows: no verdict (exit 2)")
+    max_length_ks: float | None = Field(
+        0.3, gt=0, le=1, description="alarm above this two-sample KS statistic of input "
+                                     "lengths (words); None: report only")
+    max_ngram_js: float | None = Field(
+        0.5, gt=0, le=1, description="alarm above this Jensen-Shannon distance (base 2) of "
+                                     "word uni+bigram frequencies; None: report only")
+    max_oov_rate: float | None = Field(
+        None, gt=0, le=1, description="alarm above this share of live words never seen in "
+                                      "training; None: report only")
+    min_near_duplicate_share: float | None = Field(
+        None, ge=0, le=1, description="alarm below this share of live inputs near-duplicate "
+                                      "(MinHash, curate.dedup.threshold) of training prompts")
+    teacher_sample: int = Field(0, ge=0, description="live inputs re-asked of the teacher to "
+                                                     "measure agreement (0: skip)")
+    min_teacher_agreement: float | None = Field(
+        0.8, gt=0, le=1, description="alarm below this student-teacher agreement on the sample")
+    max_rows: int | None = Field(None, gt=0, description="newest captured rows compared; "
+                                                         "None: all")
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -670,6 +747,8 @@ class RunConfig(Section):
     cost: CostConfig = Field(default_factory=CostConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     refresh: RefreshConfig = Field(default_factory=RefreshConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @model_validator(mode="after")
     def _on_policy_needs_training(self) -> RunConfig:

@@ -24,6 +24,7 @@ ALLOWED = (
     "teacher.endpoint.max_concurrency", "teacher.endpoint.timeout_s",
     "teacher.endpoint.max_retries",
     "sft.cpus_per_worker", "dpo.cpus_per_worker",
+    "serve", "drift",  # read after training, by `distill serve` and `distill drift` only
 )
 
 # A key named like a credential (api_key, hf_token, password, ...) may hold one: masked.

@@ -40,6 +40,9 @@ LAYER_OF = {
     "distill.prompts": "stages", "distill.check": "stages", "distill.curate": "stages", "distill.pairs": "stages",
     "distill.eval": "stages", "distill.bench": "stages", "distill.report": "stages",
     "distill.refresh": "stages", "distill.promote": "stages",
+    "distill.serve": "stages", "distill.drift": "stages",
+    "distill.serving": "libraries", "distill.drift_stats": "libraries",
+    "distill.drift_report": "libraries",
     "distill.cli": "cli", "distill.pipeline": "cli", "distill.config_docs": "cli",
 }
 
