@@ -16,7 +16,6 @@ import yaml
 
 from distill.core import versions as V
 from distill.core.artifacts import RunPaths
-from distill.core.config import RunConfig
 
 STUDENT = "packaged:smollm2-135m-instruct"
 
@@ -40,23 +39,6 @@ def serve_config(run_dir: Path, **sections) -> dict:
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
-
-
-def noisy_adapter(cfg: RunConfig, folder: Path, seed: int, sigma: float) -> Path:
-    import torch
-    from peft import get_peft_model
-
-    from distill.core.models import resolve
-    from students import modeling
-
-    torch.manual_seed(seed)
-    model = get_peft_model(modeling.load_base(resolve(cfg.student.model).path, cfg.student),
-                           modeling.lora_config(cfg.student))
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            param.data = torch.randn_like(param) * sigma
-    model.save_pretrained(str(folder))
-    return folder
 
 
 def add_version(base: Path, version: str, adapter_from, accuracy: float) -> Path:

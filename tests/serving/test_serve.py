@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_helpers import add_version, noisy_adapter, serve_config, write_config
+from adapter_helpers import noisy_adapter
+from serve_helpers import add_version, serve_config, write_config
 
 from distill.core.config import load_config
 from distill.promote import promote_version

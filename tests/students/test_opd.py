@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from adapter_helpers import noisy_adapter
 from student_data import sentiment_rows, tiny_config
 from typer.testing import CliRunner
 
@@ -64,19 +65,7 @@ def test_mismatched_tokenizers_refused_by_name(tmp_path):
 def noisy_sft_adapter(cfg, folder, sigma: float = 0.07) -> None:
     """A stand-in SFT adapter: fresh LoRA with Gaussian noise in its B matrices (a fresh LoRA
     is the identity), so the student starts measurably away from the teacher."""
-    import torch
-    from peft import get_peft_model
-
-    from distill.core.models import resolve
-    from students import modeling
-
-    torch.manual_seed(0)
-    model = get_peft_model(modeling.load_base(resolve(cfg.student.model).path, cfg.student),
-                           modeling.lora_config(cfg.student))
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            param.data = torch.randn_like(param) * sigma
-    model.save_pretrained(str(folder))
+    noisy_adapter(cfg, folder, seed=0, sigma=sigma)
 
 
 @pytest.mark.slow
