@@ -313,19 +313,18 @@ def run_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
 # --- on-policy pairs (pairs.on_policy): the SFT student's own samples -------------------------
 
 
-def student_samples(run: Run, examples: Sequence[dict[str, Any]]) -> list[list[str]]:
+def student_samples(run: Run, examples: Sequence[dict[str, Any]]) -> tuple[list[list[str]], int]:
     """`pairs.on_policy_samples` samples of the SFT student per example, on the short prompt
-    it trained on (input shortened to its budget), served as eval serves it (merged or LoRA)."""
-    from distill.core.io import read_json
+    it trained on (input shortened to its budget), served as eval serves it (merged or LoRA);
+    and how many samples failed (counted in the summary, not silently dropped)."""
+    from distill.contenders import fitted_prompt
     from distill.engines import merged_student, open_student
-    from students.fit import load_fitter
     from teachers.base import SamplingSpec
 
     cfg = run.cfg
     adapter = run.paths.finished_adapter("sft")
-    fitter = load_fitter(cfg, (read_json(run.paths.train_summary("sft")) or {}).get(
-        "prompt_budget"))
-    chats = [fitter.messages(ex["text"]) for ex in examples]
+    prompt = fitted_prompt(run, "sft")
+    chats = [prompt(cfg.task, ex["text"]) for ex in examples]
     spec = SamplingSpec(n=cfg.pairs.on_policy_samples, temperature=cfg.pairs.on_policy_temperature,
                         max_tokens=cfg.answer_tokens, seed=run.train_seed)
     merged = merged_student(run, adapter) if cfg.student.serve == "merged" else None
@@ -335,7 +334,7 @@ def student_samples(run: Run, examples: Sequence[dict[str, Any]]) -> list[list[s
     for c in completions:
         if c.ok:
             out[c.prompt_index].append(c.text)
-    return out
+    return out, sum(not c.ok for c in completions)
 
 
 def run_policy_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
@@ -360,7 +359,7 @@ def run_policy_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
                                  "curate` first")
     start = time.perf_counter()
     examples = [ex for ex in pq.read_table(run.paths.curated).to_pylist() if ex.get("target")]
-    answers = student_samples(run, examples)
+    answers, failed = student_samples(run, examples)
     prepared = {ex["example_id"]: [prepare_completion(a, task, cfg) for a in found]
                 for ex, found in zip(examples, answers)}
     with ExitStack() as engines:
@@ -372,10 +371,12 @@ def run_policy_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
                                    for c in [ex["target"], *prepared[ex["example_id"]]]])
         score = example_scorer(cfg, task, judged)
         pairs = make_on_policy_pairs(examples, prepared, task, cfg, score)
+        target_scores = {ex["example_id"]: score(ex, _display(ex["target"], task,
+                                                                cfg.normalize_answers))
+                         for ex in examples}
         sample_rows = [{"example_id": ex["example_id"], "sample": i, "completion": c,
                         "score": score(ex, _display(c, task, cfg.normalize_answers)),
-                        "target_score": score(ex, _display(ex["target"], task,
-                                                           cfg.normalize_answers))}
+                        "target_score": target_scores[ex["example_id"]]}
                        for ex in examples for i, c in enumerate(prepared[ex["example_id"]])]
     write_parquet_atomic(run.paths.policy_samples, pa.Table.from_pylist(
         sample_rows, schema=pa.schema([("example_id", pa.string()), ("sample", pa.int64()),
@@ -384,7 +385,8 @@ def run_policy_pairs(run: Run, judge: Scorer | None = None) -> dict[str, Any]:
     write_parquet_atomic(run.paths.policy_pairs, pa.Table.from_pylist(pairs, schema=_pair_schema()))
     as_good = sum(r["score"] >= r["target_score"] for r in sample_rows)
     summary = {
-        "examples": len(examples), "samples": len(sample_rows), "pairs": len(pairs),
+        "examples": len(examples), "samples": len(sample_rows), "sample_errors": failed,
+        "pairs": len(pairs),
         "scorer": cfg.scorer, "min_margin": cfg.min_margin,
         "samples_per_prompt": cfg.on_policy_samples, "temperature": cfg.on_policy_temperature,
         "samples_as_good_as_target": round(as_good / len(sample_rows), 4) if sample_rows else None,
