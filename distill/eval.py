@@ -15,6 +15,8 @@ also get a pairwise judge (distill/judge.py): each student against the teacher, 
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from contextlib import ExitStack
 
 import pyarrow as pa
@@ -94,11 +96,12 @@ def _requests(cfg: RunConfig, c: Contender, examples, general: list[forgetting.I
 
 
 def _answer_all(run: Run, group: list[Contender], examples,
-                general: list[forgetting.Item]) -> dict[str, dict]:
+                general: list[forgetting.Item], seconds: Counter) -> dict[str, dict]:
     """Greedy answers of the contenders of one engine group; each saved as soon as it ends,
     and not asked again on a rerun. They are asked on the group's server; when bench is on
     (and this is seed 0, whose students bench measures), latency is measured on that same
-    server before it stops, so bench need not start it again."""
+    server before it stops, so bench need not start it again. `seconds` adds up where the
+    time went (server start, task answers, forgetting check, latency)."""
     cached = {c.name: read_json(run.paths.eval_answers(c.name)) for c in group
               if run.paths.eval_answers(c.name).exists()}
     # answers saved for another forgetting item list (older code, other items) are asked again
@@ -109,28 +112,35 @@ def _answer_all(run: Run, group: list[Contender], examples,
     if not todo:
         return cached
     if not has_server(run.cfg, group):
-        return _answer_in_process(run, todo, examples, general, cached)
+        return _answer_in_process(run, todo, examples, general, cached, seconds)
     bench = run.cfg.bench.enabled and run.seed_index == 0
+    start = time.perf_counter()
     with served_group(run, group) as served:
+        seconds["server_start"] += time.perf_counter() - start
         for c in todo:
             cached[c.name] = _answers(run, served_generator(run.cfg, served, c), c, examples,
-                                      general)
+                                      general, seconds)
+        start = time.perf_counter()
         for c in group if bench else []:
             if saved_measure(run, c) is None:
                 measure_contender(run, served, c)
+        seconds["latency"] += time.perf_counter() - start
     return cached
 
 
-def _answers(run: Run, generator, c: Contender, examples, general) -> dict:
+def _answers(run: Run, generator, c: Contender, examples, general, seconds: Counter) -> dict:
     """One contender's answers (task, and forgetting items for students), saved."""
     from teachers.base import SamplingSpec
 
     answers, finished = [], []
-    for message_lists, max_tokens in _requests(run.cfg, c, examples, general):
+    for part, (message_lists, max_tokens) in zip(("task", "forgetting"),
+                                                 _requests(run.cfg, c, examples, general)):
+        start = time.perf_counter()
         sampling = SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens, seed=run.cfg.seed)
         completions = generator.generate(message_lists, sampling)
         answers.append([x.text if x.ok else "" for x in completions])
         finished.append([x.finish_reason if x.ok else "error" for x in completions])
+        seconds[part] += time.perf_counter() - start
     found = {**dict(zip(("task", "general"), answers)), "finish_reasons": finished[0],
              "max_tokens": run.cfg.answer_tokens}
     write_json_atomic(run.paths.eval_answers(c.name), found)
@@ -138,13 +148,13 @@ def _answers(run: Run, generator, c: Contender, examples, general) -> dict:
 
 
 def _answer_in_process(run: Run, todo: list[Contender], examples, general,
-                       cached: dict[str, dict]) -> dict[str, dict]:
+                       cached: dict[str, dict], seconds: Counter) -> dict[str, dict]:
     """A `transformers` teacher, which has no server: asked in this process."""
     from distill.engines import open_generator
 
     with open_generator(run.cfg, "teacher") as generator:
         for c in todo:
-            cached[c.name] = _answers(run, generator, c, examples, general)
+            cached[c.name] = _answers(run, generator, c, examples, general, seconds)
     return cached
 
 
@@ -241,8 +251,9 @@ def run_eval(run: Run) -> dict:
     check_judge_key(cfg)
     everyone = contenders(run)
     answers: dict[str, dict] = {}
+    seconds: Counter = Counter()
     for group in engine_groups(cfg, everyone):
-        answers.update(_answer_all(run, group, examples, general))
+        answers.update(_answer_all(run, group, examples, general, seconds))
     answers = {c.name: answers[c.name] for c in everyone}
 
     gold = [ex.label for ex in examples]
@@ -271,6 +282,8 @@ def run_eval(run: Run) -> dict:
         summary["inputs_shortened_for_student"] = shortened_inputs(
             run, tuned[-1], [e.text for e in examples])
     summary["forgetting"] = check
+    # this run's time only: answers saved by an earlier, interrupted run are not asked again
+    summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     if reference == "gold" and cfg.task.type != "free_text":
         teacher_parsed = [r["parsed"] for r in rows if r["model"] == "teacher"]
         summary["majority_baseline"] = majority_baseline(run, teacher_parsed, gold)
@@ -279,5 +292,6 @@ def run_eval(run: Run) -> dict:
     return {"examples": len(examples), "main_metric": summary["main_metric"],
             **{name: r[summary["main_metric"]]["value"] for name, r in results.items()},
             "answers_cut": sum(cut), "general_ability": general_scores,
+            "seconds_by_part": summary["seconds"],
             **({"judge_wins": {n: m["win"] for n, m in summary["judge"]["models"].items()}}
                if "judge" in summary else {})}

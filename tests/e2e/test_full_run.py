@@ -67,6 +67,9 @@ def test_full_run_writes_every_stage_and_the_report(tiny_run):
     # Eval measured each model's latency on the server it answered with: bench started none.
     bench = json.loads((tiny_run / "bench" / "results.json").read_text())
     assert sorted(bench["measured_in_eval"]) == sorted(report["models"])
+    parts = manifest["summaries"]["eval"]["seconds_by_part"]  # where eval's time went
+    assert {"server_start", "task", "forgetting", "latency"} <= set(parts)
+    assert all(v > 0 for v in parts.values())
     # pairs.on_policy: DPO trained on pairs made of the SFT student's own samples.
     policy = manifest["summaries"]["policy_pairs"]
     assert policy["samples"] == 2 * policy["examples"] > 0 and policy["pairs"] > 0
