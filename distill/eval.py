@@ -27,6 +27,7 @@ from distill.contenders import (Contender, contenders, engine_groups, has_server
 from distill.core.config import RunConfig, TaskConfig
 from distill.data import majority_label, read_examples
 from distill.core.errors import ConfigError, StageNotReadyError
+from distill.curation.collapse import check_labels
 from distill.curation.labels import canonical_json, normalize_label
 from distill.core.messages import teacher_messages
 from distill.core.io import read_json, write_json_atomic, write_parquet_atomic
@@ -176,6 +177,16 @@ def majority_baseline(run: Run, teacher_parsed: list, gold: list[str]) -> dict:
             "teacher_vs_majority": compare(teacher_items, majority_items, cfg.seed).to_dict()}
 
 
+def label_collapse(cfg: RunConfig, parsed: dict[str, list], gold: list[str]) -> dict:
+    """Each model's held-out answers against the gold's label shares, by the teacher check's
+    collapse rule (`check.collapse_warn` / `collapse_stop`): a student that prints one label
+    for every row can still beat a base student that prints none."""
+    labels = cfg.task.labels or []
+    return {name: check_labels(answers, gold, labels, cfg.check.collapse_warn,
+                               cfg.check.collapse_stop).to_dict()
+            for name, answers in parsed.items()}
+
+
 def truncated(cfg: RunConfig, answers: dict[str, dict]) -> dict:
     """Per contender, the task answers that stopped at the token limit (finish reason
     "length"): they are scored as they are, and the count is reported next to the metric.
@@ -260,10 +271,10 @@ def run_eval(run: Run) -> dict:
     reference = "gold"
     if any(g is None for g in gold):
         gold, reference = answers["teacher"]["task"], "teacher"  # no gold: agreement w/ teacher
-    results, rows = {}, []
+    results, rows, parsed_by_model = {}, [], {}
     for name, ans in answers.items():
         scores, parsed = score(cfg.task, ans["task"], gold, cfg.eval.bootstrap, cfg.seed)
-        results[name] = scores
+        results[name], parsed_by_model[name] = scores, parsed
         finish = ans.get("finish_reasons") or [None] * len(examples)
         rows += [{"example_id": ex.example_id, "model": name, "answer": a, "parsed": p,
                   "gold": g, "finish_reason": f}
@@ -284,6 +295,8 @@ def run_eval(run: Run) -> dict:
     summary["forgetting"] = check
     # this run's time only: answers saved by an earlier, interrupted run are not asked again
     summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    if reference == "gold" and cfg.task.type == "classification":
+        summary["label_collapse"] = label_collapse(cfg, parsed_by_model, gold)
     if reference == "gold" and cfg.task.type != "free_text":
         teacher_parsed = [r["parsed"] for r in rows if r["model"] == "teacher"]
         summary["majority_baseline"] = majority_baseline(run, teacher_parsed, gold)

@@ -74,7 +74,7 @@ def build_report(run_dir: Path, manifest: dict, cfg: RunConfig) -> dict[str, Any
         "examples": evals.get("examples"),
         "models": models,
         "verdict": verdict(models, main, decision, cost_side(manifest, cfg, models, decision),
-                           check, majority),
+                           check, majority, evals.get("label_collapse")),
         "seeds": seeds,
         "teacher_check": check,
         "majority_baseline": majority,
@@ -154,8 +154,21 @@ def cost_side(manifest: dict, cfg: RunConfig, models: dict[str, dict],
             **D.break_even(one_off["total_usd"], per_1k["teacher"], per_1k.get(student))}
 
 
+def collapse_warnings(collapse: dict | None) -> list[str]:
+    """A tuned or base student that answers (nearly) one label to every held-out row."""
+    out = []
+    for name, c in (collapse or {}).items():
+        if name != "teacher" and c["level"] == "stop":
+            out.append(f"{D.NAMES.get(name, name).removeprefix('the ')} answered {c['label']!r} "
+                       f"on {c['answers'].get(c['label'], 0)} of {c['n']} held-out rows (the "
+                       f"{c['reference']} has it for {c['reference_share']:.0%}): it has "
+                       "collapsed to one label")
+    return out
+
+
 def verdict(models: dict[str, dict], metric: str, decision: dict, cost: dict | None = None,
-            check: dict | None = None, majority: dict | None = None) -> dict[str, Any]:
+            check: dict | None = None, majority: dict | None = None,
+            collapse: dict | None = None) -> dict[str, Any]:
     """The decision rule's output, with the cost side and the teacher's own standing. Never
     against a teacher that failed its check: "close to the teacher" would mean nothing."""
     teacher = _value(models.get("teacher"), metric)
@@ -182,6 +195,9 @@ def verdict(models: dict[str, dict], metric: str, decision: dict, cost: dict | N
         out["cost"] = cost
         out["text"] += " " + D.cost_sentence(cost, D.NAMES[best], out["passes"])
     out["text"] += _reference_sentence(teacher, metric, majority)
+    if warnings := collapse_warnings(collapse):
+        out["collapsed"] = warnings
+        out["text"] += " Warning: " + "; ".join(warnings) + "."
     return out
 
 

@@ -256,3 +256,21 @@ def test_opd_and_on_policy_dpo_students_sit_side_by_side_with_what_each_took(tmp
     assert "| student SFT+OPD | 14,000 | 320 | 20 steps of student samples scored by the " \
            "teacher |" in md
     assert 'id="students"' in render_html(report, {})
+
+
+def test_a_student_that_answers_one_label_everywhere_is_named_in_the_verdict():
+    from distill.eval import label_collapse
+
+    gold = ["positive"] * 116 + ["negative"] * 84
+    parsed = {"teacher": gold[:100] + ["negative"] * 100,  # mixed: not collapsed
+              "student_sft": ["positive"] * 200,           # the run-1 pruned student
+              "student_dpo": ["negative"] * 120 + ["positive"] * 80}
+    found = label_collapse(CFG, parsed, gold)
+    assert found["student_sft"]["level"] == "stop" and found["teacher"]["level"] == "ok"
+    assert found["student_dpo"]["level"] == "ok"  # 60% 'negative': below collapse_warn
+    decision = D.decide({"teacher": _correct(160), "student_base": _correct(0),
+                         "student_sft": _correct(116)}, {}, D.Rule(), "accuracy")
+    v = verdict({"teacher": {"accuracy": _est(0.8)}}, "accuracy", decision, None, None, None, found)
+    assert v["collapsed"] == ["SFT student answered 'positive' on 200 of 200 held-out rows (the "
+                              "gold has it for 58%): it has collapsed to one label"]
+    assert v["text"].endswith("Warning: " + v["collapsed"][0] + ".")
