@@ -1,0 +1,181 @@
+"""Serve latency: `distill serve` with the merged student, and the same vLLM server asked directly.
+
+Starts the real CLI (`distill serve`, serve.mode: merged) on a finished run whose student is a
+tiny LoRA (Gaussian noise in B, tests/adapter_helpers.py) merged into its base
+(packaged:smollm2-135m-instruct), then sends the same requests through the `openai` client at
+concurrency 1 and 8: once to the front (which maps the name and formats the raw review as the
+student's prompt) and once straight to the vLLM server behind it, with the prompt the front
+would have sent. Every request decodes exactly --max-tokens tokens (ignore_eos), so both
+sides do the same work. Front and direct rounds alternate (front, direct, direct, front) so a
+change in machine load falls on both. Prints p50/p95 latency, tokens/s and requests/s of each,
+and the front's overhead as a ratio of the direct figures.
+
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/bench_serve.py [--requests 40] \
+        [--out benchmarks/results/serve_latency.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "serving")]
+
+from adapter_helpers import noisy_adapter  # noqa: E402
+from serve_helpers import add_version, serve_config, write_config  # noqa: E402
+
+from distill.core.config import load_config  # noqa: E402
+from distill.serve import input_formatter  # noqa: E402
+from distill.serving.routes import Routes  # noqa: E402
+from teachers.serve import free_port  # noqa: E402
+
+REVIEWS = [
+    "The movie is a joy to watch.", "Boring and far too long.",
+    "A warm, funny and moving film with a cast that clearly enjoyed making it.",
+    "I walked out after forty minutes; the plot makes no sense and the acting is wooden.",
+    "Not perfect, but the last act earns every tear.", "Two hours I will never get back.",
+    "The soundtrack alone is worth the ticket, and the story holds up.",
+    "Predictable, loud and strangely joyless for a comedy.",
+]
+
+
+def start_serve(tmp: Path) -> tuple[subprocess.Popen, str, Path]:
+    run_dir = tmp / "run"
+    port = free_port()
+    cfg_path = write_config(tmp / "config.yaml", serve_config(
+        run_dir, serve={"port": port, "mode": "merged"}))
+    cfg = load_config(cfg_path)
+    add_version(run_dir, "v0000", lambda d: noisy_adapter(cfg, d, seed=0, sigma=0.02), 0.6)
+    log = tmp / "serve.out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "distill.cli", "serve", str(cfg_path)],
+                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"distill serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url, cfg_path
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    sys.exit(f"distill serve not healthy in time:\n{log.read_text()[-3000:]}")
+
+
+def vllm_url(proc: subprocess.Popen) -> str:
+    """The vLLM server behind the front: the front keeps it private, so read its port from the
+    `--port` of the api_server process that `distill serve` started."""
+    import psutil
+
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        cmd = child.cmdline()
+        if "vllm.entrypoints.openai.api_server" in cmd and "--port" in cmd:
+            return f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}/v1"
+    sys.exit("no vLLM api_server under `distill serve`")
+
+
+async def one_round(client, model: str, messages: list[list], concurrency: int,
+                    max_tokens: int) -> dict:
+    gate = asyncio.Semaphore(concurrency)
+    latencies, tokens = [], []
+
+    async def ask(msgs):
+        async with gate:
+            t0 = time.perf_counter()
+            r = await client.chat.completions.create(
+                model=model, messages=msgs, temperature=0, max_tokens=max_tokens,
+                extra_body={"ignore_eos": True})
+            latencies.append(time.perf_counter() - t0)
+            tokens.append(r.usage.completion_tokens)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(ask(m) for m in messages))
+    return {"latencies": latencies, "tokens": sum(tokens), "wall": time.perf_counter() - t0}
+
+
+def summary(rounds: list[dict]) -> dict:
+    lat = np.array([x for r in rounds for x in r["latencies"]])
+    wall = sum(r["wall"] for r in rounds)
+    return {"n": len(lat), "p50_ms": 1000 * np.percentile(lat, 50),
+            "p95_ms": 1000 * np.percentile(lat, 95),
+            "tok_s": sum(r["tokens"] for r in rounds) / wall, "req_s": len(lat) / wall}
+
+
+async def measure(front: str, direct: str, cfg_path: Path, n: int, max_tokens: int) -> dict:
+    import openai
+
+    cfg = load_config(cfg_path)
+    fmt = input_formatter(cfg, Routes(Path(cfg.output_dir), cfg.task.name))
+    raw = [[{"role": "user", "content": REVIEWS[i % len(REVIEWS)]}] for i in range(n)]
+    formatted = [fmt("v0000", m)[0] for m in raw]  # what the front sends on to vLLM
+    sides = {"front": (openai.AsyncOpenAI(base_url=f"{front}/v1", api_key="-", max_retries=0),
+                       cfg.task.name, raw),
+             "direct": (openai.AsyncOpenAI(base_url=direct, api_key="-", max_retries=0),
+                        "v0000", formatted)}
+    for client, model, msgs in sides.values():  # warm-up: compiled paths, connections
+        await one_round(client, model, msgs[:8], 8, max_tokens)
+    results = {}
+    for c in (1, 8):
+        rounds = {"front": [], "direct": []}
+        for side in ("front", "direct", "direct", "front"):
+            client, model, msgs = sides[side]
+            rounds[side].append(await one_round(client, model, msgs[: n // 2], c, max_tokens))
+        results[c] = {side: summary(r) for side, r in rounds.items()}
+    return results
+
+
+def table(results: dict) -> str:
+    lines = ["| concurrency | path | requests | p50 ms | p95 ms | tokens/s | requests/s |",
+             "|---|---|---|---|---|---|---|"]
+    for c, sides in results.items():
+        for side, s in sides.items():
+            lines.append(f"| {c} | {side} | {s['n']} | {s['p50_ms']:.0f} | {s['p95_ms']:.0f} | "
+                         f"{s['tok_s']:.1f} | {s['req_s']:.2f} |")
+    lines += ["", "| concurrency | front/direct p50 | front/direct p95 | front/direct requests/s |",
+              "|---|---|---|---|"]
+    for c, s in results.items():
+        f, d = s["front"], s["direct"]
+        lines.append(f"| {c} | {f['p50_ms'] / d['p50_ms']:.3f} | {f['p95_ms'] / d['p95_ms']:.3f}"
+                     f" | {f['req_s'] / d['req_s']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=40, help="per path and concurrency")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--out", type=Path, help="append the table to this markdown file")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        t0 = time.perf_counter()
+        proc, front, cfg_path = start_serve(Path(tmp))
+        print(f"distill serve healthy after {time.perf_counter() - t0:.0f}s (merge + vLLM start)")
+        try:
+            results = asyncio.run(measure(front, vllm_url(proc), cfg_path, args.requests,
+                                          args.max_tokens))
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: the front, then vLLM, stop
+            proc.wait(timeout=120)
+    text = table(results)
+    print(text)
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
