@@ -2,16 +2,18 @@
 
 Starts the real CLI (`distill serve`, serve.mode: merged) on a finished run whose student is a
 tiny LoRA (Gaussian noise in B, tests/adapter_helpers.py) merged into its base
-(packaged:smollm2-135m-instruct), then sends the same requests through the `openai` client at
-concurrency 1 and 8: once to the front (which maps the name and formats the raw review as the
-student's prompt) and once straight to the vLLM server behind it, with the prompt the front
-would have sent. Every request decodes exactly --max-tokens tokens (ignore_eos), so both
+(packaged:smollm2-135m-instruct); with --backend ray_serve, the same run on Ray Serve LLM (a
+local Ray, one replica, the adapter as a LoRA id: that backend has no merged mode). Then sends
+the same requests through the `openai` client at concurrency 1 and 8: once to the front (which
+maps the name and formats the raw review as the student's prompt) and once straight to the
+engine behind it (vLLM's server, or Ray Serve's proxy), with the prompt the front would send.
+Every request decodes exactly --max-tokens tokens (ignore_eos), so both
 sides do the same work. Front and direct rounds alternate (front, direct, direct, front) so a
 change in machine load falls on both. Prints p50/p95 latency, tokens/s and requests/s of each,
 and the front's overhead as a ratio of the direct figures.
 
     flock /tmp/cpu.lock .venv/bin/python benchmarks/bench_serve.py [--requests 40] \
-        [--out benchmarks/results/serve_latency.md]
+        [--backend vllm|ray_serve] [--out benchmarks/results/serve_latency.md]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +40,7 @@ from serve_helpers import add_version, serve_config, write_config  # noqa: E402
 
 from distill.core.config import load_config  # noqa: E402
 from distill.serve import input_formatter  # noqa: E402
+from distill.serving import ray_backend as RB  # noqa: E402
 from distill.serving.routes import Routes  # noqa: E402
 from teachers.serve import free_port  # noqa: E402
 
@@ -50,11 +54,12 @@ REVIEWS = [
 ]
 
 
-def start_serve(tmp: Path) -> tuple[subprocess.Popen, str, Path]:
+def start_serve(tmp: Path, backend: str) -> tuple[subprocess.Popen, str, Path, Path]:
     run_dir = tmp / "run"
     port = free_port()
+    mode = "merged" if backend == "vllm" else "lora"  # ray_serve serves adapters only
     cfg_path = write_config(tmp / "config.yaml", serve_config(
-        run_dir, serve={"port": port, "mode": "merged"}))
+        run_dir, serve={"port": port, "mode": mode, "backend": backend}))
     cfg = load_config(cfg_path)
     add_version(run_dir, "v0000", lambda d: noisy_adapter(cfg, d, seed=0, sigma=0.02), 0.6)
     log = tmp / "serve.out"
@@ -69,23 +74,20 @@ def start_serve(tmp: Path) -> tuple[subprocess.Popen, str, Path]:
             sys.exit(f"distill serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url, cfg_path
+                return proc, url, cfg_path, log
         except httpx.HTTPError:
             pass
         time.sleep(1)
     sys.exit(f"distill serve not healthy in time:\n{log.read_text()[-3000:]}")
 
 
-def vllm_url(proc: subprocess.Popen) -> str:
-    """The vLLM server behind the front: the front keeps it private, so read its port from the
-    `--port` of the api_server process that `distill serve` started."""
-    import psutil
-
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        cmd = child.cmdline()
-        if "vllm.entrypoints.openai.api_server" in cmd and "--port" in cmd:
-            return f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}/v1"
-    sys.exit("no vLLM api_server under `distill serve`")
+def backend_url(log: Path) -> str:
+    """The engine behind the front (vLLM's server, or Ray Serve's proxy), from the URL that
+    `distill serve` prints when it is up."""
+    found = re.search(r"engine, private: (http://\S+/v1)", log.read_text())
+    if not found:
+        sys.exit(f"no engine URL in the output of `distill serve`:\n{log.read_text()[-2000:]}")
+    return found.group(1)
 
 
 async def one_round(client, model: str, messages: list[list], concurrency: int,
@@ -115,7 +117,8 @@ def summary(rounds: list[dict]) -> dict:
             "tok_s": sum(r["tokens"] for r in rounds) / wall, "req_s": len(lat) / wall}
 
 
-async def measure(front: str, direct: str, cfg_path: Path, n: int, max_tokens: int) -> dict:
+async def measure(front: str, direct: str, direct_model: str, cfg_path: Path, n: int,
+                  max_tokens: int) -> dict:
     import openai
 
     cfg = load_config(cfg_path)
@@ -125,7 +128,7 @@ async def measure(front: str, direct: str, cfg_path: Path, n: int, max_tokens: i
     sides = {"front": (openai.AsyncOpenAI(base_url=f"{front}/v1", api_key="-", max_retries=0),
                        cfg.task.name, raw),
              "direct": (openai.AsyncOpenAI(base_url=direct, api_key="-", max_retries=0),
-                        "v0000", formatted)}
+                        direct_model, formatted)}
     for client, model, msgs in sides.values():  # warm-up: compiled paths, connections
         await one_round(client, model, msgs[:8], 8, max_tokens)
     results = {}
@@ -158,15 +161,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=40, help="per path and concurrency")
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--backend", choices=["vllm", "ray_serve"], default="vllm",
+                    help="serve.backend; ray_serve serves the adapter (LoRA), not the merge")
     ap.add_argument("--out", type=Path, help="append the table to this markdown file")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         t0 = time.perf_counter()
-        proc, front, cfg_path = start_serve(Path(tmp))
-        print(f"distill serve healthy after {time.perf_counter() - t0:.0f}s (merge + vLLM start)")
+        proc, front, cfg_path, log = start_serve(Path(tmp), args.backend)
+        print(f"distill serve ({args.backend}) healthy after {time.perf_counter() - t0:.0f}s")
+        direct_model = "v0000" if args.backend == "vllm" else RB.model_id("v0000")
         try:
-            results = asyncio.run(measure(front, vllm_url(proc), cfg_path, args.requests,
-                                          args.max_tokens))
+            results = asyncio.run(measure(front, backend_url(log), direct_model, cfg_path,
+                                          args.requests, args.max_tokens))
         finally:
             os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: the front, then vLLM, stop
             proc.wait(timeout=120)

@@ -160,8 +160,8 @@ def serve(cfg: RunConfig, run_dir: Path | None = None, version: str | None = Non
         front = Front(backend, routes, metrics, capture, formatter)
         console.print(f"serving {', '.join(routes.names())} on http://{cfg.serve.host}:{port}/v1 "
                       f"(default: {routes.default_version()}"
-                      f"{', capture on: ' + str(paths.traffic) if capture else ''})",
-                      soft_wrap=True)
+                      f"{', capture on: ' + str(paths.traffic) if capture else ''}; "
+                      f"engine, private: {backend.url})", soft_wrap=True)
         try:
             uvicorn.run(build_app(front), host=cfg.serve.host, port=port, log_level="warning")
         except SystemExit as exc:  # uvicorn exits when it cannot bind
