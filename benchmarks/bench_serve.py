@@ -68,9 +68,10 @@ def start_serve(tmp: Path, backend: str) -> tuple[subprocess.Popen, str, Path, P
                                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            stop(proc)
             sys.exit(f"distill serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
@@ -78,7 +79,31 @@ def start_serve(tmp: Path, backend: str) -> tuple[subprocess.Popen, str, Path, P
         except httpx.HTTPError:
             pass
         time.sleep(1)
+    stop(proc)
     sys.exit(f"distill serve not healthy in time:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGINT as Ctrl-C (the front, then the engine, stop); then every process it started
+    that is still there (vLLM's, a local Ray's) is killed by its id."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for child in family:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def backend_url(log: Path) -> str:
@@ -174,8 +199,7 @@ def main() -> None:
             results = asyncio.run(measure(front, backend_url(log), direct_model, cfg_path,
                                           args.requests, args.max_tokens))
         finally:
-            os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: the front, then vLLM, stop
-            proc.wait(timeout=120)
+            stop(proc)
     text = table(results)
     print(text)
     if args.out:
