@@ -7,6 +7,7 @@ driver names AdapterServer by its import path and only the replicas import this 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from ray.llm._internal.common.models import global_id_manager
@@ -36,5 +37,14 @@ class AdapterServer(LLMServer):
     """Ray Serve LLM's server, its adapters loaded by LocalAdapters."""
 
     async def __init__(self, llm_config, **kwargs):
+        self._lora_lock = asyncio.Lock()
         kwargs.setdefault("model_downloader", LocalAdapters)
         await super().__init__(llm_config, **kwargs)
+
+    async def _maybe_resolve_lora_from_multiplex(self) -> None:
+        # Ray 2.60: concurrent first requests for one adapter all pass the engine's "already
+        # loaded?" check, and every load after the first fails with "has already been
+        # loaded" (a 500; seen at concurrency 8). One resolution at a time per replica; once
+        # an adapter is in, each returns at that check at once.
+        async with self._lora_lock:
+            await super()._maybe_resolve_lora_from_multiplex()
