@@ -13,7 +13,7 @@ change in machine load falls on both. Prints p50/p95 latency, tokens/s and reque
 and the front's overhead as a ratio of the direct figures.
 
     flock /tmp/cpu.lock .venv/bin/python benchmarks/bench_serve.py [--requests 40] \
-        [--backend vllm|ray_serve] [--out benchmarks/results/serve_latency.md]
+        [--backend vllm|ray_serve] [--mode merged|lora] [--replicas N] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -54,12 +54,14 @@ REVIEWS = [
 ]
 
 
-def start_serve(tmp: Path, backend: str) -> tuple[subprocess.Popen, str, Path, Path]:
+def start_serve(tmp: Path, backend: str, mode: str,
+                replicas: int) -> tuple[subprocess.Popen, str, Path, Path]:
     run_dir = tmp / "run"
     port = free_port()
-    mode = "merged" if backend == "vllm" else "lora"  # ray_serve serves adapters only
-    cfg_path = write_config(tmp / "config.yaml", serve_config(
-        run_dir, serve={"port": port, "mode": mode, "backend": backend}))
+    sections = {"serve": {"port": port, "mode": mode, "backend": backend, "replicas": replicas}}
+    if replicas > 1:  # a local Ray: one CPU per replica's engine and one for Serve's ingress
+        sections["ray"] = {"num_cpus": replicas + 1}
+    cfg_path = write_config(tmp / "config.yaml", serve_config(run_dir, **sections))
     cfg = load_config(cfg_path)
     add_version(run_dir, "v0000", lambda d: noisy_adapter(cfg, d, seed=0, sigma=0.02), 0.6)
     log = tmp / "serve.out"
@@ -188,12 +190,17 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--backend", choices=["vllm", "ray_serve"], default="vllm",
                     help="serve.backend; ray_serve serves the adapter (LoRA), not the merge")
+    ap.add_argument("--mode", choices=["merged", "lora"], default="merged",
+                    help="serve.mode with --backend vllm (ray_serve serves adapters only)")
+    ap.add_argument("--replicas", type=int, default=1, help="serve.replicas (ray_serve)")
     ap.add_argument("--out", type=Path, help="append the table to this markdown file")
     args = ap.parse_args()
+    mode = "lora" if args.backend == "ray_serve" else args.mode
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         t0 = time.perf_counter()
-        proc, front, cfg_path, log = start_serve(Path(tmp), args.backend)
-        print(f"distill serve ({args.backend}) healthy after {time.perf_counter() - t0:.0f}s")
+        proc, front, cfg_path, log = start_serve(Path(tmp), args.backend, mode, args.replicas)
+        print(f"distill serve ({args.backend}, {mode}) healthy after "
+              f"{time.perf_counter() - t0:.0f}s")
         direct_model = "v0000" if args.backend == "vllm" else RB.model_id("v0000")
         try:
             results = asyncio.run(measure(front, backend_url(log), direct_model, cfg_path,

@@ -97,5 +97,6 @@ def wait_running(serve, timeout_s: float) -> None:
             return
         if state.endswith("DEPLOY_FAILED") or time.monotonic() > deadline:
             why = app.message if app else ""
-            raise DistillError(f"Ray Serve did not start the student ({state}): {why.strip()[:2000]}")
+            raise DistillError(f"Ray Serve did not start the student ({state}): "
+                               f"{why.strip()[:2000]}")
         time.sleep(2)
