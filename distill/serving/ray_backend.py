@@ -5,8 +5,8 @@ One Serve application on the configured Ray cluster (ray.address, else a local R
 LLM's OpenAI ingress before an LLMServer deployment with serve.replicas replicas, each a vLLM
 engine holding the student's base. Every version is a LoRA adapter that Ray Serve multiplexes
 by model id `student:<version>`: a replica loads it on its first request for that id (at most
-serve.max_loras per replica), and Serve routes a request for an adapter to a replica that
-holds it. Replica choice, queueing and LoRA placement are Ray Serve's; the front (front.py)
+serve.max_loras per replica), and Serve prefers, for a request, a replica that already
+holds its adapter. Replica choice, queueing and LoRA placement are Ray Serve's; the front (front.py)
 only renames `<task>@vNNNN` to that id, formats, measures and captures.
 """
 
@@ -60,8 +60,6 @@ def llm_config(*, base_path: str, run_dir: Path, task: str, replicas: int, max_l
                    placement_group_config={"bundles": [{"CPU": 1}]})
         cfg["deployment_config"]["ray_actor_options"] = {"num_cpus": 0}
     return cfg
-
-
 
 
 @contextmanager
