@@ -28,6 +28,7 @@ from distill.core.config import RunConfig
 from distill.core.errors import DistillError, StageNotReadyError
 from distill.core.io import read_json
 from distill.core.models import resolve
+from distill.serving import ray_backend as RB
 from distill.serving.capture import TrafficWriter
 from distill.serving.front import Backend, Front, build_app
 from distill.serving.metrics import ServeMetrics
@@ -75,11 +76,19 @@ def start_backend(cfg: RunConfig, routes: Routes, log: Path) -> Iterator[Backend
     from teachers.serve import vllm_server
 
     common = dict(max_model_len=student_max_len(cfg), log_path=log)
+    # A version trained on another base (refresh.retrain_from: previous) is no LoRA of this
+    # one: it is left out, and asking for it says to serve it merged.
+    adapters = {v: r["adapter"] for v, r in routes.records.items()
+                if r.get("base_model") in (None, cfg.student.model)}
+    if cfg.serve.backend == "ray_serve":
+        with ray_serve_backend(cfg, routes, common["max_model_len"]) as url:
+            yield Backend(url, set(), runtime_lora=True, base_model=cfg.student.model,
+                          model_prefix=RB.BASE_ID, health_path="/v1/models", notes=[
+                              f"Ray Serve: {cfg.serve.replicas} replica(s); `loaded` lists "
+                              "the versions asked for, Ray Serve loads each on the replica a "
+                              "request lands on (vLLM's log: Ray's session logs, serve/)"])
+        return
     if cfg.serve.mode == "lora":
-        # A version trained on another base (refresh.retrain_from: previous) is no LoRA of
-        # this one: it is left out, and asking for it says to serve it merged.
-        adapters = {v: r["adapter"] for v, r in routes.records.items()
-                    if r.get("base_model") in (None, cfg.student.model)}
         with vllm_server(resolve(cfg.student.model).path, served_name="base",
                          lora_modules=adapters, max_lora_rank=cfg.student.lora.r,
                          extra_args=["--max-loras", str(cfg.serve.max_loras)],
@@ -91,6 +100,24 @@ def start_backend(cfg: RunConfig, routes: Routes, log: Path) -> Iterator[Backend
                      **common) as url:
         yield Backend(url, {version}, runtime_lora=False, notes=[
             "merged mode: one version per server; a promotion needs a restart"])
+
+
+@contextmanager
+def ray_serve_backend(cfg: RunConfig, routes: Routes, max_model_len: int) -> Iterator[str]:
+    """The student as a Ray Serve LLM app (distill/serving/ray_backend.py); yields its URL."""
+    from distill.core.ray_init import ensure_ray
+    from teachers.vllm_engine import cpu_engine_env
+
+    ray = ensure_ray(cfg)
+    gpu = ray.cluster_resources().get("GPU", 0) > 0
+    engine = RB.engine_kwargs(max_model_len, cfg.student.lora.r, cfg.serve.max_loras, gpu,
+                              cfg.seed)
+    llm = RB.llm_config(base_path=resolve(cfg.student.model).path, run_dir=routes.base,
+                        task=routes.task, replicas=cfg.serve.replicas,
+                        max_loras=cfg.serve.max_loras, engine=engine, gpu=gpu,
+                        env={} if gpu else cpu_engine_env())
+    with RB.ray_serve_app(llm, "127.0.0.1", free_port("127.0.0.1")) as url:
+        yield url
 
 
 def merged_model(cfg: RunConfig, record: dict) -> Path:
@@ -125,14 +152,16 @@ def serve(cfg: RunConfig, run_dir: Path | None = None, version: str | None = Non
     capture = TrafficWriter(paths.traffic, cfg.serve.capture, metrics) \
         if cfg.serve.capture.enabled else None
     formatter = input_formatter(cfg, routes) if cfg.serve.format_inputs else None
-    console.print(f"starting vLLM ({cfg.serve.mode}: {', '.join(routes.records)}); log "
-                  f"{paths.serve_log}", soft_wrap=True)
+    where = ("Ray Serve, vLLM's log in Ray's session logs" if cfg.serve.backend == "ray_serve"
+             else f"vLLM, log {paths.serve_log}")
+    console.print(f"starting {where} ({cfg.serve.mode}: {', '.join(routes.records)})",
+                  soft_wrap=True)
     with start_backend(cfg, routes, paths.serve_log) as backend:
         front = Front(backend, routes, metrics, capture, formatter)
         console.print(f"serving {', '.join(routes.names())} on http://{cfg.serve.host}:{port}/v1 "
                       f"(default: {routes.default_version()}"
-                      f"{', capture on: ' + str(paths.traffic) if capture else ''})",
-                      soft_wrap=True)
+                      f"{', capture on: ' + str(paths.traffic) if capture else ''}; "
+                      f"engine, private: {backend.url})", soft_wrap=True)
         try:
             uvicorn.run(build_app(front), host=cfg.serve.host, port=port, log_level="warning")
         except SystemExit as exc:  # uvicorn exits when it cannot bind

@@ -690,12 +690,29 @@ class ServeConfig(Section):
         "lora", description="lora: one base, every version an adapter, chosen per request, "
         "promotions live without restart; merged: the promoted version's merged model only "
         "(a promotion needs a restart)")
-    max_loras: int = Field(4, gt=0, description="adapters in one batch (vLLM --max-loras)")
+    max_loras: int = Field(4, gt=0, description="adapters in one batch (vLLM --max-loras); "
+                                                "ray_serve: also adapters held per replica")
+    backend: Literal["vllm", "ray_serve"] = Field(
+        "vllm", description="vllm: one `vllm serve` process on this machine; ray_serve: a Ray "
+        "Serve LLM deployment on the Ray cluster (ray.address, else a local Ray), versions "
+        "multiplexed as LoRA ids across serve.replicas replicas (serve.mode: lora only)")
+    replicas: int = Field(1, gt=0, description="ray_serve: engine replicas behind Ray Serve's "
+                                               "proxy (each holds the base and its adapters)")
     format_inputs: bool = Field(
         True, description="a request that is one user turn is the task's raw input: rendered "
         "as the student's training prompt (student instruction, template, cut to the trained "
         "budget); other requests pass unchanged")
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
+
+    @model_validator(mode="after")
+    def _backend_fits(self) -> ServeConfig:
+        if self.backend == "vllm" and self.replicas != 1:
+            raise ValueError("serve.replicas > 1 needs serve.backend: ray_serve (the vllm "
+                             "backend is one server)")
+        if self.backend == "ray_serve" and self.mode != "lora":
+            raise ValueError("serve.backend: ray_serve serves versions as LoRA adapters: use "
+                             "serve.mode: lora")
+        return self
 
 
 class DriftConfig(Section):

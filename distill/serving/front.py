@@ -1,4 +1,5 @@
-"""The thin front before vLLM's OpenAI-compatible server (Starlette, httpx; no router of ours).
+"""The thin front before vLLM's OpenAI-compatible server, or Ray Serve LLM's (serve.backend)
+(Starlette, httpx; no router of ours).
 
     POST /v1/chat/completions, /v1/completions   `model` -> version (routes.py), proxied to vLLM
     GET  /v1/models    the names this server answers
@@ -44,6 +45,13 @@ class Backend:
     runtime_lora: bool              # LoRA mode with VLLM_ALLOW_RUNTIME_LORA_UPDATING
     notes: list[str] = field(default_factory=list)
     base_model: str | None = None   # the model the adapters apply to (LoRA mode)
+    # Ray Serve LLM (serve.backend: ray_serve): a version is the model id "<prefix>:<version>",
+    # loaded by Ray Serve's multiplexing on a replica's first request for it
+    model_prefix: str | None = None
+    health_path: str = "/health"
+
+    def model_id(self, version: str) -> str:
+        return f"{self.model_prefix}:{version}" if self.model_prefix else version
 
     @property
     def root(self) -> str:
@@ -77,6 +85,9 @@ class Front:
             raise NotServable(  # refresh.retrain_from: previous trains on the merged parent
                 f"{version} was trained on {record['base_model']}, not on the served base "
                 f"{self.backend.base_model}: serve it with serve.mode: merged")
+        if self.backend.model_prefix:  # Ray Serve loads it where the request lands
+            self.backend.loaded.add(version)
+            return
         async with self.load_lock:  # one load per version, however many requests wait on it
             if version in self.backend.loaded:
                 return
@@ -112,7 +123,7 @@ class Front:
         except DistillError as exc:  # an input the task's template cannot take, by name
             self.metrics.record(name, time.perf_counter() - started, ok=False)
             return _error(400, str(exc))
-        body["model"] = version
+        body["model"] = self.backend.model_id(version)
         served = f"{self.routes.task}@{version}"
         row = {"request_id": uuid.uuid4().hex, "model": name, "version": version,
                "prompt": prompt, "formatted": formatted}
@@ -192,7 +203,7 @@ class Front:
 
     async def health(self, request: Request):
         try:
-            r = await self.client.get(f"{self.backend.root}/health", timeout=5)
+            r = await self.client.get(f"{self.backend.root}{self.backend.health_path}", timeout=5)
             healthy = r.status_code == 200
         except httpx.HTTPError:
             healthy = False

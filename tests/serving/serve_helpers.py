@@ -58,3 +58,14 @@ def add_version(base: Path, version: str, adapter_from, accuracy: float) -> Path
     paths.eval_results.write_text(json.dumps({
         "main_metric": "accuracy", "models": {"student_sft": {"accuracy": accuracy}}}))
     return adapter
+
+
+def fake_version(base, version: str, accuracy: float) -> None:
+    """An evaluated version as `student_record` reads it (no weights: nothing runs here)."""
+    paths = RunPaths(V.model_dir(base, version))
+    if version != V.BASE_VERSION:
+        V.save_lineage(V.version_dir(base, version), {"version": version})
+    paths.adapter("sft").mkdir(parents=True)
+    paths.eval_results.parent.mkdir(parents=True, exist_ok=True)
+    paths.eval_results.write_text(
+        '{"main_metric": "accuracy", "models": {"student_sft": {"accuracy": %s}}}' % accuracy)

@@ -8,26 +8,14 @@ import time
 
 import pytest
 
-from serve_helpers import serve_config
+from serve_helpers import fake_version, serve_config
 
 from distill.core import versions as V
-from distill.core.artifacts import RunPaths
 from distill.core.config import CaptureConfig, RunConfig
 from distill.serving.capture import TrafficWriter, read_traffic
 from distill.serving.metrics import ServeMetrics
 from distill.serving.routes import Routes, UnknownModel
 from distill.serving.scrub import Scrubber
-
-
-def fake_version(base, version: str, accuracy: float) -> None:
-    """An evaluated version as `student_record` reads it (no weights: nothing runs here)."""
-    paths = RunPaths(V.model_dir(base, version))
-    if version != V.BASE_VERSION:
-        V.save_lineage(V.version_dir(base, version), {"version": version})
-    paths.adapter("sft").mkdir(parents=True)
-    paths.eval_results.parent.mkdir(parents=True, exist_ok=True)
-    paths.eval_results.write_text(
-        '{"main_metric": "accuracy", "models": {"student_sft": {"accuracy": %s}}}' % accuracy)
 
 
 def test_routes_follow_promotion_and_new_versions(tmp_path):
