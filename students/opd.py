@@ -1,10 +1,16 @@
 """OPD stage: on-policy distillation of the SFT student with TRL's DistillationTrainer.
 
 The student (4-bit base + the SFT adapter, trainable) samples answers to the training prompts;
-the teacher, loaded as a transformers model in the same process, scores every sampled token
-with its full next-token distribution; the adapter is trained on the per-token divergence
-(`opd.beta`: 1 = reverse KL). That needs one vocabulary for both models, checked before any
-weights load (`check_pair`): a pair with different tokenizers is refused by name.
+the teacher scores every sampled token and the adapter is trained on the per-token divergence
+(`opd.beta`: 1 = reverse KL). `opd.teacher_scoring` says where the teacher runs:
+  in_process  loaded as a transformers model next to the student: its full next-token
+              distribution, the exact divergence (TRL's DistillationTrainer);
+  server      `vllm serve` (started here, on the teacher's engine settings) or teacher.endpoint
+              (a vLLM-compatible server): prompt logprobs of the sampled sequences, so the loss
+              sees the teacher's top-k only (TRL's experimental ServerDistillationTrainer). The
+              teacher's weights never enter the training process (a tensor-parallel teacher works).
+Both need one vocabulary for both models, checked before any weights load (`check_pair`): a
+pair with different tokenizers is refused by name.
 Reads `prompts/train.parquet` (and `prompts/test.parquet` for the held-out KL); writes
 `opd/checkpoints/`, `opd/adapter/`, `opd/metrics.jsonl`, `opd/summary.json`.
 """
@@ -12,6 +18,7 @@ Reads `prompts/train.parquet` (and `prompts/test.parquet` for the held-out KL); 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from distill.core.config import RunConfig
@@ -20,6 +27,7 @@ from distill.core.io import file_sha256, read_json
 from distill.core.messages import Message
 from distill.core.models import resolve
 from distill.core.rundir import Run, run_tags
+from distill.engines import served_teacher
 from students import card, data, modeling
 from students.fit import TEMPLATE_SLACK, InputFitter
 from students.recipe import (
@@ -43,11 +51,8 @@ def run_opd(run: Run) -> dict:
     cfg = run.cfg
     if not cfg.opd.enabled:
         return {"skipped": True}
-    if cfg.teacher.is_endpoint:
-        raise ConfigError("teacher.backend", [
-            "opd needs the teacher's weights in the training process (its full next-token "
-            "distribution at every sampled token); an API teacher gives neither: set opd.enabled: "
-            "false, or name a local or hub teacher model of the student's family"])
+    served = cfg.opd.teacher_scoring == "server"
+    check_endpoint(cfg, served)
     base = resolve(cfg.student.model)
     teacher = resolve(cfg.teacher.model)
     vocab = check_pair(cfg, teacher.path, base.path)  # a config problem: before the inputs
@@ -68,8 +73,30 @@ def run_opd(run: Run) -> dict:
         teacher_path=teacher.path,
         seed_index=run.seed_index,
     )
-    summary = run_job(run, job, train_worker)
+    if not served:
+        return {**run_job(run, job, train_worker), "vocab_size": vocab}
+    # The server lives as long as the training job; TRL's client wants the root, not /v1.
+    with served_teacher(cfg, job.stage_dir / "vllm_teacher.log") as (url, _names, _key):
+        job = replace(job, teacher_url=url.rstrip("/").removesuffix("/v1"))
+        summary = run_job(run, job, train_worker)
     return {**summary, "vocab_size": vocab}
+
+
+def check_endpoint(cfg: RunConfig, served: bool) -> None:
+    """An API teacher can score only as a server, and only one TRL's client can talk to."""
+    if not cfg.teacher.is_endpoint:
+        return
+    if not served:
+        raise ConfigError("teacher.backend", [
+            "opd with teacher_scoring: in_process needs the teacher's weights in the training "
+            "process; an API teacher has none: set opd.teacher_scoring: server (a vLLM-compatible "
+            "endpoint that returns prompt logprobs), name a local or hub teacher, or set "
+            "opd.enabled: false"])
+    if cfg.teacher.endpoint.api_key_env is not None:
+        raise ConfigError("teacher.endpoint.api_key_env", [
+            "opd's served scoring talks to the teacher through TRL's VLLMClient, which sends no "
+            "API key (and needs vLLM's /health and prompt_logprobs, which hosted APIs lack): "
+            "point teacher.endpoint at a `vllm serve` without --api-key"])
 
 
 # --- the tokenizer rule -----------------------------------------------------------------------
@@ -138,6 +165,32 @@ def prompt_fitter(cfg: RunConfig, tokenizer, sft_budget: int | None) -> InputFit
 # --- the held-out measure --------------------------------------------------------------------
 
 
+def greedy_answers(student, tokenizer, chats: list[list[Message]], max_new_tokens: int):
+    """(prompt + greedy answer ids, prompt length) per chat that got an answer token."""
+    import torch
+
+    device = next(student.parameters()).device
+    answers = []
+    with torch.no_grad():
+        for chat in chats:
+            text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            prompt = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(device)
+            n = prompt["input_ids"].shape[1]
+            out = student.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False,
+                                   use_cache=True, pad_token_id=tokenizer.pad_token_id)
+            if out.shape[1] > n:
+                answers.append((out, n))
+    return answers
+
+
+def student_logprobs(student, ids, n: int):
+    """The student's log-probabilities at the positions that predict ids[n:] (one row each)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.log_softmax(student(input_ids=ids).logits[0, n - 1:-1].float(), -1)
+
+
 def heldout_reverse_kl(student, teacher, tokenizer, chats: list[list[Message]],
                        max_new_tokens: int) -> float | None:
     """Mean per-token KL(student || teacher) in nats, over the full vocabulary, at every token
@@ -147,26 +200,64 @@ def heldout_reverse_kl(student, teacher, tokenizer, chats: list[list[Message]],
 
     was_training = student.training
     student.eval()
-    device = next(student.parameters()).device
     total, tokens = 0.0, 0
-    with torch.no_grad():
-        for chat in chats:
-            text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-            prompt = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(device)
-            n = prompt["input_ids"].shape[1]
-            out = student.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False,
-                                   use_cache=True, pad_token_id=tokenizer.pad_token_id)
-            if out.shape[1] <= n:
-                continue
-            positions = slice(n - 1, out.shape[1] - 1)  # logits that predict the answer tokens
-            s = torch.log_softmax(student(input_ids=out).logits[0, positions].float(), -1)
-            t = torch.log_softmax(teacher(input_ids=out.to(teacher.device)).logits[0, positions]
-                                  .float().to(device), -1)
-            total += (s.exp() * (s - t)).sum().item()
-            tokens += out.shape[1] - n
+    for out, n in greedy_answers(student, tokenizer, chats, max_new_tokens):
+        s = student_logprobs(student, out, n)
+        with torch.no_grad():
+            t = torch.log_softmax(teacher(input_ids=out.to(teacher.device)).logits[0, n - 1:-1]
+                                  .float().to(s.device), -1)
+        total += (s.exp() * (s - t)).sum().item()
+        tokens += out.shape[1] - n
     if was_training:
         student.train()
     return round(total / tokens, 4) if tokens else None
+
+
+HELDOUT_TOP_K = 20  # vLLM's default --max-logprobs
+
+
+def heldout_topk_reverse_kl(student, client, tokenizer, chats: list[list[Message]],
+                            max_new_tokens: int) -> float | None:
+    """The served teacher's version of `heldout_reverse_kl`: the teacher returns only its top
+    20 logprobs per token, so the KL is taken over those tokens (plus the answer's own token)
+    and one bucket for the rest. Merging tokens into a bucket never raises a KL, so this is a
+    lower bound of the full-vocabulary KL (tight when the teacher's top 20 hold its mass)."""
+    import torch
+
+    was_training = student.training
+    student.eval()
+    answers = greedy_answers(student, tokenizer, chats, max_new_tokens)
+    if not answers:
+        return None
+    scored = client.get_sequence_logprobs(
+        sequences=[out[0].tolist() for out, _ in answers],
+        prompt_lengths=[n for _, n in answers], top_logprobs=HELDOUT_TOP_K)
+    total, tokens = 0.0, 0
+    for i, (out, n) in enumerate(answers):
+        s = student_logprobs(student, out, n)
+        for pos, (top_lp, top_ids, actual) in enumerate(zip(
+                scored["logprobs"][i], scored["logprob_token_ids"][i], scored["actual_logprobs"][i])):
+            support = {t: lp for t, lp in zip(top_ids, top_lp) if lp > float("-inf")}
+            support.setdefault(int(out[0, n + pos]), actual[0])
+            t_lp = torch.tensor(list(support.values()))
+            s_lp = s[pos, list(support)].cpu()
+            total += bucket_kl(s_lp, t_lp)
+            tokens += 1
+    if was_training:
+        student.train()
+    return round(total / tokens, 4) if tokens else None
+
+
+def bucket_kl(s_lp, t_lp) -> float:
+    """KL(s || t) over the given tokens plus one bucket holding each side's remaining mass."""
+    import torch
+
+    def with_tail(lp):
+        rest = (1 - lp.exp().sum()).clamp_min(1e-12)
+        return torch.cat([lp, rest.log()[None]])
+
+    s_all, t_all = with_tail(s_lp), with_tail(t_lp)
+    return float((s_all.exp() * (s_all - t_all)).sum())
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -174,16 +265,48 @@ def heldout_reverse_kl(student, teacher, tokenizer, chats: list[list[Message]],
 
 def trl_args(job: TrainJob, where: modeling.Placement):
     from trl import DistillationConfig
+    from trl.experimental.server_distillation import ServerDistillationConfig
 
     cfg = job.cfg
     opd = cfg.opd
-    return DistillationConfig(
+    common = dict(
         **common_args(job, opd, modeling.precision_args(where)),
         beta=opd.beta,
         temperature=opd.temperature,
         max_completion_length=opd.max_new_tokens,
         disable_dropout=True,  # the student's samples and its scored logits come from one model
     )
+    if job.teacher_url is None:
+        return DistillationConfig(**common)
+    # loss_add_tail: the mass outside the teacher's top-k is one more bucket, so a top-1
+    # support still has a divergence to minimise.
+    return ServerDistillationConfig(**common, teacher_model_server_url=job.teacher_url,
+                                    loss_top_k=opd.server_top_k, loss_add_tail=True)
+
+
+def make_trainer(job: TrainJob, where: modeling.Placement, policy, tokenizer, chats):
+    """TRL's trainer for the scoring mode, and what the held-out measure scores with: the
+    in-process teacher, or the client of the served one."""
+    from trl import DistillationTrainer
+    from trl.experimental.server_distillation import ServerDistillationTrainer
+
+    dataset = data.to_dataset([{"example_id": str(i), "prompt": c} for i, c in enumerate(chats)])
+    args = trl_args(job, where)
+    if job.teacher_url is not None:
+        trainer = ServerDistillationTrainer(model=policy, args=args, train_dataset=dataset,
+                                            processing_class=tokenizer)
+        return trainer, trainer.teacher_client
+    teacher = load_teacher(job.teacher_path, where)
+    trainer = DistillationTrainer(model=policy, teacher_model=teacher, args=args,
+                                  train_dataset=dataset, processing_class=tokenizer)
+    return trainer, teacher
+
+
+def heldout_kl(job: TrainJob, student, scorer, tokenizer, chats) -> float | None:
+    n = job.cfg.opd.max_new_tokens
+    if job.teacher_url is not None:
+        return heldout_topk_reverse_kl(student, scorer, tokenizer, chats, n)
+    return heldout_reverse_kl(student, scorer, tokenizer, chats, n)
 
 
 def load_teacher(path: str, where: modeling.Placement):
@@ -200,7 +323,6 @@ def load_teacher(path: str, where: modeling.Placement):
 
 def train_worker(job: TrainJob) -> dict:
     from peft import PeftModel
-    from trl import DistillationTrainer
 
     from students.callbacks import MetricsLogger, install
 
@@ -216,17 +338,8 @@ def train_worker(job: TrainJob) -> dict:
                if opd.heldout_prompts and job.paths.test_prompts.is_file() else [])
     base = modeling.load_base(job.base_path, cfg.student, where)
     policy = PeftModel.from_pretrained(base, job.init_adapter, is_trainable=True)
-    teacher = load_teacher(job.teacher_path, where)
-    kl_before = heldout_reverse_kl(policy, teacher, tokenizer, heldout, opd.max_new_tokens)
-
-    trainer = DistillationTrainer(
-        model=policy,
-        teacher_model=teacher,
-        args=trl_args(job, where),
-        train_dataset=data.to_dataset([{"example_id": str(i), "prompt": c}
-                                       for i, c in enumerate(chats)]),
-        processing_class=tokenizer,
-    )
+    trainer, scorer = make_trainer(job, where, policy, tokenizer, chats)
+    kl_before = heldout_kl(job, policy, scorer, tokenizer, heldout)
     modeling.keep_adapter_dtype(trainer.model, where)
     logger = MetricsLogger(job.metrics_path, "opd", world_size)
     install(trainer, logger)
@@ -237,13 +350,16 @@ def train_worker(job: TrainJob) -> dict:
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
-    kl_after = heldout_reverse_kl(trainer.model, teacher, tokenizer, heldout, opd.max_new_tokens)
+    kl_after = heldout_kl(job, trainer.model, scorer, tokenizer, heldout)
 
     steps = trainer.state.global_step
     ran = steps - (resumed_from or 0)
     summary = {
         "heldout_reverse_kl_before": kl_before,
         "heldout_reverse_kl_after": kl_after,
+        "heldout_measure": ("teacher top-20 + tail (lower bound)" if job.teacher_url
+                            else "full vocabulary"),
+        "teacher_scoring": opd.teacher_scoring,
         "train_loss": round(result.training_loss, 4),
         "steps": steps,
         # prompt + sampled tokens of every step: what the teacher scored (and the student trained on)

@@ -524,6 +524,24 @@ class OPDConfig(TrainConfig):
     heldout_prompts: int = Field(
         16, ge=0, description="held-out prompts (prompts/test.parquet) on which the per-token "
                               "reverse KL to the teacher is measured before and after; 0: skip")
+    teacher_scoring: Literal["in_process", "server"] = Field(
+        "in_process", description="in_process: the teacher's weights load next to the "
+                                  "student, exact full-vocabulary divergence; server: the "
+                                  "teacher runs as `vllm serve` (or is teacher.endpoint, a "
+                                  "vLLM-compatible server) and scores the student's samples "
+                                  "with prompt logprobs: a top-k approximation (README, OPD)")
+    server_top_k: int = Field(
+        1, ge=1, le=20, description="teacher_scoring: server: teacher logprobs per token the "
+                                    "loss sees; beta > 0 needs 1 (the sampled token plus a "
+                                    "tail bucket), beta 0 may use up to 20")
+
+    @model_validator(mode="after")
+    def _server_support(self) -> OPDConfig:
+        # TRL's server trainer computes beta > 0 only on the sampled token's support.
+        if self.teacher_scoring == "server" and self.beta > 0 and self.server_top_k != 1:
+            raise ValueError("opd.server_top_k > 1 needs opd.beta: 0 (forward KL); with "
+                             "beta > 0 the served teacher's loss is top-1 only (TRL)")
+        return self
 
 
 class ExportConfig(Section):

@@ -1,0 +1,158 @@
+"""TRL's cross-tokenizer on-policy distillation (experimental GOLD, ULD loss) on the packaged
+pair: teacher packaged:qwen2.5-coder-0.5b-instruct (Qwen tokenizer), student
+packaged:smollm2-135m-instruct (SmolLM2 tokenizer), plain LoRA on the CPU.
+
+Measured before and after a few fully on-policy steps (lmbda=1), on held-out prompts:
+  * uld_loss: GOLD's own loss (what it optimises) on the student's greedy answers;
+  * teacher_nll_per_char: the teacher's negative log-likelihood of the student's greedy answer
+    text (re-tokenized by the teacher), per character: a tokenizer-free reading of "does the
+    student now say what the teacher would say" (lower is closer);
+plus seconds per step and peak memory (RSS).
+
+    python benchmarks/opd_gold_attempt.py --steps 8 --out benchmarks/results/opd_gold_attempt.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from distill.core.models import resolve
+
+SUBJECTS = ["The film", "This phone", "The hotel", "Our dinner", "The concert", "This book",
+            "The service", "The update", "The course", "This game"]
+GOOD = ["wonderful and moving", "fast, reliable and well made", "a delight from start to end",
+        "worth every penny", "clean, friendly and quiet"]
+BAD = ["a waste of time", "slow and broken", "rude and careless", "a total letdown",
+       "noisy, dirty and overpriced"]
+
+
+def prompts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [f"Review: {rng.choice(SUBJECTS)} is {rng.choice(GOOD if i % 2 else BAD)} ({i}). "
+            "Is this review positive or negative? Answer in one short sentence."
+            for i in range(n)]
+
+
+def chat(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def greedy_answers(model, tok, texts: list[str], max_new: int) -> list[str]:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            ids = tok.apply_chat_template(chat(text), add_generation_prompt=True,
+                                          return_tensors="pt", return_dict=True)
+            gen = model.generate(**ids, max_new_tokens=max_new, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+            out.append(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def teacher_nll_per_char(teacher, ttok, texts: list[str], answers: list[str]) -> float:
+    total, chars = 0.0, 0
+    with torch.no_grad():
+        for text, answer in zip(texts, answers):
+            if not answer.strip():
+                continue
+            prompt = ttok.apply_chat_template(chat(text), add_generation_prompt=True, tokenize=False)
+            p = ttok(prompt, add_special_tokens=False)["input_ids"]
+            a = ttok(answer, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([p + a])
+            logp = torch.log_softmax(teacher(input_ids=ids).logits[0, len(p) - 1:-1].float(), -1)
+            total -= logp.gather(-1, torch.tensor(a)[:, None]).sum().item()
+            chars += len(answer)
+    return round(total / max(chars, 1), 4)
+
+
+def uld_loss(trainer, texts: list[str], answers: list[str]) -> float:
+    """GOLD's loss (ULD, cross-tokenizer) on the student's own answers: the on-policy loss it
+    trains on, on prompts it never saw."""
+    rows = [{"messages": chat(t) + [{"role": "assistant", "content": a}]}
+            for t, a in zip(texts, answers)]
+    batch = trainer.data_collator(rows)
+    batch = {k: (v.to(trainer.model.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    return round(float(loss), 4)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--max-new", type=int, default=24)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--heldout", type=int, default=8)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.experimental.gold import GOLDConfig, GOLDTrainer
+
+    torch.manual_seed(0)
+    student_path = resolve("packaged:smollm2-135m-instruct").path
+    teacher_path = resolve("packaged:qwen2.5-coder-0.5b-instruct").path
+    tok = AutoTokenizer.from_pretrained(student_path)
+    ttok = AutoTokenizer.from_pretrained(teacher_path)
+    student = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
+    teacher.eval().requires_grad_(False)
+
+    train_texts = prompts(args.steps * args.batch, seed=1)
+    held = prompts(args.heldout, seed=2)
+    # lmbda=1: every batch is the student's own sample; the assistant turn here is never used.
+    data = Dataset.from_list([{"messages": chat(t) + [{"role": "assistant", "content": "."}]}
+                              for t in train_texts])
+    gold_args = GOLDConfig(
+        output_dir=str(args.out.parent / "gold_tmp"), max_steps=args.steps,
+        per_device_train_batch_size=args.batch, learning_rate=args.lr, lr_scheduler_type="constant",
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
+        lmbda=1.0, beta=1.0, temperature=1.0, top_p=1.0, max_completion_length=args.max_new,
+        use_uld_loss=True, use_extended_uld=True, teacher_tokenizer_name_or_path=teacher_path,
+        max_length=256,
+    )
+    trainer = GOLDTrainer(model=student, teacher_model=teacher, args=gold_args,
+                          train_dataset=data, processing_class=tok,
+                          peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
+    model = trainer.model
+    before_answers = greedy_answers(model, tok, held, args.max_new)
+    before = {"uld_loss": uld_loss(trainer, held, before_answers),
+              "teacher_nll_per_char": teacher_nll_per_char(teacher, ttok, held, before_answers)}
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    after_answers = greedy_answers(trainer.model, tok, held, args.max_new)
+    after = {"uld_loss": uld_loss(trainer, held, after_answers),
+             "teacher_nll_per_char": teacher_nll_per_char(teacher, ttok, held, after_answers)}
+    logged = [row for row in trainer.state.log_history if "loss" in row]
+    report = {
+        "teacher": "packaged:qwen2.5-coder-0.5b-instruct", "student": "packaged:smollm2-135m-instruct",
+        "steps": trainer.state.global_step, "batch": args.batch, "max_new_tokens": args.max_new,
+        "learning_rate": args.lr, "heldout_prompts": len(held),
+        "before": before, "after": after,
+        "train_loss": round(result.training_loss, 4),
+        "losses": [round(r["loss"], 4) for r in logged],
+        "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(args.steps, 1), 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "answers_before": before_answers[:3], "answers_after": after_answers[:3],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
