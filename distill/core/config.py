@@ -512,8 +512,9 @@ class OPDConfig(TrainConfig):
     token, the student's LoRA is trained on the per-token divergence (TRL DistillationTrainer).
     Fully on-policy: every batch is the student's own samples."""
 
-    enabled: bool = Field(False, description="off by default: it loads the teacher's weights "
-                                             "next to the student's in the training process")
+    enabled: bool = Field(False, description="off by default: the teacher scores every token "
+                                             "the student samples (in_process: its weights "
+                                             "load next to the student's)")
     learning_rate: float = Field(1e-4, gt=0)
     max_steps: int = Field(100, description="-1: run all epochs over the training prompts")
     batch_size: int = Field(4, gt=0, description="prompts sampled per step and device")

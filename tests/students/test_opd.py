@@ -81,10 +81,17 @@ def write_prompts(run_dir, n_train: int = 32, n_test: int = 8) -> None:
     write_examples(run_dir / "prompts" / "test.parquet", examples[n_train:])
 
 
+# The served teacher's top-1 loss overshoots at OPD's 1e-3 (measured: held-out KL 0.077 ->
+# 0.214, the student stops ending its answers; 2e-4: -> 0.039, benchmarks/results/
+# opd_server_scoring.md); 4 steps keep the extra server start within budget.
+SERVED = {"teacher_scoring": "server", "learning_rate": 2e-4, "max_steps": 4}
+
+
 def opd_config(tmp_path, teacher: str, quantization: str = "nf4",
                scoring: str = "in_process") -> tuple:
+    opd_keys = {**OPD, **(SERVED if scoring == "server" else {})}
     cfg = tiny_config(tmp_path / "run", teacher={"model": teacher, "max_model_len": 256},
-                      opd={**OPD, "teacher_scoring": scoring},
+                      opd=opd_keys,
                       student={"quantization": quantization})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -151,13 +158,14 @@ def test_opd_lowers_heldout_reverse_kl(tmp_path, quantization, scoring):
                                             "heldout_reverse_kl_after", "train_loss", "steps",
                                             "seconds_per_step", "seconds")})
     before, after = summary["heldout_reverse_kl_before"], summary["heldout_reverse_kl_after"]
-    assert summary["steps"] == OPD["max_steps"] and summary["heldout_prompts"] == 8
+    steps = cfg.opd.max_steps
+    assert summary["steps"] == steps and summary["heldout_prompts"] == 8
     assert summary["teacher_scoring"] == scoring
     assert ("top-20" in summary["heldout_measure"]) == (scoring == "server")
     assert before > 0.05, "the noisy student should start away from its teacher"
     assert after < 0.9 * before, (before, after)
     assert (run_dir / "opd" / "adapter" / "adapter_config.json").is_file()
-    assert (run_dir / "opd" / "checkpoints" / "checkpoint-8").is_dir()
+    assert (run_dir / "opd" / "checkpoints" / f"checkpoint-{steps}").is_dir()
     logged = [json.loads(line) for line in (run_dir / "opd" / "metrics.jsonl").open()]
     losses = [row["loss"] for row in logged if "loss" in row]
     print("train losses", losses)
