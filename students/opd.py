@@ -1,4 +1,4 @@
-"""OPD stage: on-policy distillation of the SFT student with TRL's DistillationTrainer.
+"""OPD stage: on-policy distillation of the SFT student with TRL's distillation trainers.
 
 The student (4-bit base + the SFT adapter, trainable) samples answers to the training prompts;
 the teacher scores every sampled token and the adapter is trained on the per-token divergence
@@ -9,8 +9,10 @@ the teacher scores every sampled token and the adapter is trained on the per-tok
               (a vLLM-compatible server): prompt logprobs of the sampled sequences, so the loss
               sees the teacher's top-k only (TRL's experimental ServerDistillationTrainer). The
               teacher's weights never enter the training process (a tensor-parallel teacher works).
-Both need one vocabulary for both models, checked before any weights load (`check_pair`): a
-pair with different tokenizers is refused by name.
+Both need one vocabulary for both models, checked before any weights load (`check_pair`). A
+pair with different tokenizers goes to TRL's experimental GOLDTrainer (`opd.cross_tokenizer:
+gold`, the teacher in process: JSD where both vocabularies hold a token, ULD on the rest), or
+is refused by name (`refuse`, or a served teacher). Nothing falls back to SFT.
 Reads `prompts/train.parquet` (and `prompts/test.parquet` for the held-out KL); writes
 `opd/checkpoints/`, `opd/adapter/`, `opd/metrics.jsonl`, `opd/summary.json`.
 """
@@ -55,7 +57,7 @@ def run_opd(run: Run) -> dict:
     check_endpoint(cfg, served)
     base = resolve(cfg.student.model)
     teacher = resolve(cfg.teacher.model)
-    vocab = check_pair(cfg, teacher.path, base.path)  # a config problem: before the inputs
+    vocab, cross = check_pair(cfg, teacher.path, base.path)  # before the inputs
     prompts_path = run.paths.train_prompts
     data.read_table(prompts_path, PROMPT_COLUMNS, "prompts")
     sft_adapter = run.paths.finished_adapter("sft")
@@ -72,6 +74,7 @@ def run_opd(run: Run) -> dict:
         init_adapter=str(sft_adapter),
         teacher_path=teacher.path,
         seed_index=run.seed_index,
+        cross_tokenizer=cross,
     )
     if not served:
         return {**run_job(run, job, train_worker), "vocab_size": vocab}
@@ -113,9 +116,10 @@ def vocabulary_mismatch(teacher_vocab: dict[str, int], student_vocab: dict[str, 
             f"{differ} token ids mean another string or nothing to the other model)")
 
 
-def check_pair(cfg: RunConfig, teacher_path: str, student_path: str) -> int:
-    """Refuse (ConfigError) a teacher whose tokens or output layer differ from the student's;
-    returns the shared vocabulary size."""
+def check_pair(cfg: RunConfig, teacher_path: str, student_path: str) -> tuple[int, bool]:
+    """The student's vocabulary size, and whether the pair needs the cross-tokenizer path
+    (GOLD); refuses (ConfigError) a pair with different tokenizers or output layers where
+    that path is off or cannot run."""
     from transformers import AutoConfig, AutoTokenizer
 
     teacher_vocab = AutoTokenizer.from_pretrained(teacher_path).get_vocab()
@@ -128,19 +132,33 @@ def check_pair(cfg: RunConfig, teacher_path: str, student_path: str) -> int:
             why = (f"their tokenizers agree but their output layers have {widths[0]} and "
                    f"{widths[1]} logits (TRL's loss compares the two distributions position by "
                    "position)")
-    if why is not None:
-        raise ConfigError("teacher.model", [refusal(cfg, why)])
-    return len(student_vocab)
+    if why is None:
+        return len(student_vocab), False
+    if cfg.opd.cross_tokenizer == "gold" and cfg.opd.teacher_scoring == "in_process":
+        return len(student_vocab), True
+    raise ConfigError("teacher.model", [refusal(cfg, why)])
+
+
+GOLD_MEASURED = ("TRL's cross-tokenizer GOLD trainer, measured here on the packaged Qwen2.5 -> "
+                 "SmolLM2 pair (benchmarks/results/opd_gold_attempt.md): with its hybrid loss "
+                 "it brought the student to the teacher, with ULD alone the student collapsed "
+                 "to one answer")
 
 
 def refusal(cfg: RunConfig, why: str) -> str:
+    if cfg.opd.cross_tokenizer == "refuse":
+        because = (f"opd.cross_tokenizer is refuse (gold would use {GOLD_MEASURED}; it "
+                   "runs with the teacher in process only)")
+    else:
+        because = ("the cross-tokenizer path (GOLD) needs the teacher's full logits in the "
+                   "training process, and opd.teacher_scoring is server (prompt logprobs of "
+                   "the student's tokens mean nothing to another tokenizer): set "
+                   "opd.teacher_scoring: in_process")
     return (
         f"opd: teacher {cfg.teacher.model} and student {cfg.student.model} cannot be distilled "
-        f"on-policy here: {why}. The teacher scores each token the student samples with its own "
-        "next-token distribution, so both must share one vocabulary. TRL's cross-tokenizer "
-        "method (experimental GOLD, ULD loss) is not wired in: it is untested here with QLoRA. "
-        f"Use a teacher and student of one family (e.g. {'; '.join(WORKING_PAIRS)}), or set "
-        "opd.enabled: false (SFT and DPO work with any pair). Nothing falls back to SFT.")
+        f"on-policy here: {why}; {because}. Same-vocabulary OPD needs a teacher and student of "
+        f"one family (e.g. {'; '.join(WORKING_PAIRS)}); or set opd.enabled: false (SFT and DPO "
+        "work with any pair). Nothing falls back to SFT.")
 
 
 # --- prompts ------------------------------------------------------------------------------------
@@ -166,7 +184,7 @@ def prompt_fitter(cfg: RunConfig, tokenizer, sft_budget: int | None) -> InputFit
 
 
 def greedy_answers(student, tokenizer, chats: list[list[Message]], max_new_tokens: int):
-    """(prompt + greedy answer ids, prompt length) per chat that got an answer token."""
+    """(chat, prompt + greedy answer ids, prompt length) per chat that got an answer token."""
     import torch
 
     device = next(student.parameters()).device
@@ -179,7 +197,7 @@ def greedy_answers(student, tokenizer, chats: list[list[Message]], max_new_token
             out = student.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False,
                                    use_cache=True, pad_token_id=tokenizer.pad_token_id)
             if out.shape[1] > n:
-                answers.append((out, n))
+                answers.append((chat, out, n))
     return answers
 
 
@@ -201,7 +219,7 @@ def heldout_reverse_kl(student, teacher, tokenizer, chats: list[list[Message]],
     was_training = student.training
     student.eval()
     total, tokens = 0.0, 0
-    for out, n in greedy_answers(student, tokenizer, chats, max_new_tokens):
+    for _, out, n in greedy_answers(student, tokenizer, chats, max_new_tokens):
         s = student_logprobs(student, out, n)
         with torch.no_grad():
             t = torch.log_softmax(teacher(input_ids=out.to(teacher.device)).logits[0, n - 1:-1]
@@ -230,10 +248,10 @@ def heldout_topk_reverse_kl(student, client, tokenizer, chats: list[list[Message
     if not answers:
         return None
     scored = client.get_sequence_logprobs(
-        sequences=[out[0].tolist() for out, _ in answers],
-        prompt_lengths=[n for _, n in answers], top_logprobs=HELDOUT_TOP_K)
+        sequences=[out[0].tolist() for _, out, _ in answers],
+        prompt_lengths=[n for _, _, n in answers], top_logprobs=HELDOUT_TOP_K)
     total, tokens = 0.0, 0
-    for i, (out, n) in enumerate(answers):
+    for i, (_, out, n) in enumerate(answers):
         s = student_logprobs(student, out, n)
         for pos, (top_lp, top_ids, actual) in enumerate(zip(
                 scored["logprobs"][i], scored["logprob_token_ids"][i], scored["actual_logprobs"][i])):
@@ -246,6 +264,35 @@ def heldout_topk_reverse_kl(student, client, tokenizer, chats: list[list[Message
     if was_training:
         student.train()
     return round(total / tokens, 4) if tokens else None
+
+
+def heldout_teacher_nll(student, teacher, tokenizer, teacher_tokenizer,
+                        chats: list[list[Message]], max_new_tokens: int) -> float | None:
+    """For a pair with different tokenizers, where no per-token KL exists: the teacher's
+    negative log-likelihood (nats) of the student's greedy answer text, re-tokenized by the
+    teacher after the teacher's own chat template, per answer character (lower: the student
+    says more what the teacher would say). None without any answer."""
+    import torch
+
+    was_training = student.training
+    student.eval()
+    total, chars = 0.0, 0
+    for chat, out, n in greedy_answers(student, tokenizer, chats, max_new_tokens):
+        answer = tokenizer.decode(out[0, n:], skip_special_tokens=True)
+        if not answer.strip():
+            continue
+        prompt = teacher_tokenizer.apply_chat_template(chat, add_generation_prompt=True,
+                                                       tokenize=False)
+        p = teacher_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a = teacher_tokenizer(answer, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p + a], device=teacher.device)
+        with torch.no_grad():
+            logp = torch.log_softmax(teacher(input_ids=ids).logits[0, len(p) - 1:-1].float(), -1)
+        total -= logp.gather(-1, ids[0, len(p):, None]).sum().item()
+        chars += len(answer)
+    if was_training:
+        student.train()
+    return round(total / chars, 4) if chars else None
 
 
 def bucket_kl(s_lp, t_lp) -> float:
@@ -276,12 +323,25 @@ def trl_args(job: TrainJob, where: modeling.Placement):
         max_completion_length=opd.max_new_tokens,
         disable_dropout=True,  # the student's samples and its scored logits come from one model
     )
+    if job.cross_tokenizer:
+        return gold_args(job, common)
     if job.teacher_url is None:
         return DistillationConfig(**common)
     # loss_add_tail: the mass outside the teacher's top-k is one more bucket, so a top-1
     # support still has a divergence to minimise.
     return ServerDistillationConfig(**common, teacher_model_server_url=job.teacher_url,
                                     loss_top_k=opd.server_top_k, loss_add_tail=True)
+
+
+def gold_args(job: TrainJob, common: dict):
+    """TRL's GOLD (cross-tokenizer) arguments: fully on-policy like DistillationTrainer
+    (lmbda 1), the hybrid loss (JSD where both vocabularies hold the token, ULD on the rest:
+    ULD alone collapsed the student here, benchmarks/results/opd_gold_attempt.md)."""
+    from trl.experimental.gold import GOLDConfig
+
+    return GOLDConfig(**common, lmbda=1.0, top_p=1.0, use_uld_loss=True, use_extended_uld=True,
+                      uld_use_hybrid_loss=True, teacher_tokenizer_name_or_path=job.teacher_path,
+                      max_length=job.cfg.student.max_seq_len)
 
 
 def make_trainer(job: TrainJob, where: modeling.Placement, policy, tokenizer, chats):
@@ -297,6 +357,17 @@ def make_trainer(job: TrainJob, where: modeling.Placement, policy, tokenizer, ch
                                             processing_class=tokenizer)
         return trainer, trainer.teacher_client
     teacher = load_teacher(job.teacher_path, where)
+    if job.cross_tokenizer:
+        from transformers import AutoTokenizer
+        from trl.experimental.gold import GOLDTrainer
+
+        # GOLD reads chats as "messages" ending in an answer turn; with lmbda 1 every answer
+        # is the student's own sample, so this placeholder is never trained on.
+        gold_data = data.to_dataset([{"messages": [*c, {"role": "assistant", "content": "."}]}
+                                     for c in chats])
+        trainer = GOLDTrainer(model=policy, teacher_model=teacher, args=args,
+                              train_dataset=gold_data, processing_class=tokenizer)
+        return trainer, (teacher, AutoTokenizer.from_pretrained(job.teacher_path))
     trainer = DistillationTrainer(model=policy, teacher_model=teacher, args=args,
                                   train_dataset=dataset, processing_class=tokenizer)
     return trainer, teacher
@@ -304,6 +375,8 @@ def make_trainer(job: TrainJob, where: modeling.Placement, policy, tokenizer, ch
 
 def heldout_kl(job: TrainJob, student, scorer, tokenizer, chats) -> float | None:
     n = job.cfg.opd.max_new_tokens
+    if job.cross_tokenizer:
+        return heldout_teacher_nll(student, scorer[0], tokenizer, scorer[1], chats, n)
     if job.teacher_url is not None:
         return heldout_topk_reverse_kl(student, scorer, tokenizer, chats, n)
     return heldout_reverse_kl(student, scorer, tokenizer, chats, n)
@@ -319,6 +392,13 @@ def load_teacher(path: str, where: modeling.Placement):
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+def heldout_measure(job: TrainJob) -> str:
+    """What the summary's heldout_reverse_kl_* hold for this mode."""
+    if job.cross_tokenizer:
+        return "teacher NLL per answer character (no per-token KL across tokenizers)"
+    return "teacher top-20 + tail (lower bound)" if job.teacher_url else "full vocabulary"
 
 
 def train_worker(job: TrainJob) -> dict:
@@ -357,8 +437,8 @@ def train_worker(job: TrainJob) -> dict:
     summary = {
         "heldout_reverse_kl_before": kl_before,
         "heldout_reverse_kl_after": kl_after,
-        "heldout_measure": ("teacher top-20 + tail (lower bound)" if job.teacher_url
-                            else "full vocabulary"),
+        "heldout_measure": heldout_measure(job),
+        "cross_tokenizer": job.cross_tokenizer,
         "teacher_scoring": opd.teacher_scoring,
         "train_loss": round(result.training_loss, 4),
         "steps": steps,
