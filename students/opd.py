@@ -20,8 +20,10 @@ Reads `prompts/train.parquet` (and `prompts/test.parquet` for the held-out KL); 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 from distill.core.config import RunConfig
 from distill.core.errors import ConfigError, StageNotReadyError
@@ -29,7 +31,6 @@ from distill.core.io import file_sha256, read_json
 from distill.core.messages import Message
 from distill.core.models import resolve
 from distill.core.rundir import Run, run_tags
-from distill.engines import served_teacher
 from students import card, data, modeling
 from students.fit import TEMPLATE_SLACK, InputFitter
 from students.recipe import (
@@ -79,10 +80,27 @@ def run_opd(run: Run) -> dict:
     if not served:
         return {**run_job(run, job, train_worker), "vocab_size": vocab}
     # The server lives as long as the training job; TRL's client wants the root, not /v1.
-    with served_teacher(cfg, job.stage_dir / "vllm_teacher.log") as (url, _names, _key):
+    with teacher_server(cfg, job.stage_dir / "vllm_teacher.log") as url:
         job = replace(job, teacher_url=url.rstrip("/").removesuffix("/v1"))
         summary = run_job(run, job, train_worker)
     return {**summary, "vocab_size": vocab}
+
+
+@contextmanager
+def teacher_server(cfg: RunConfig, log: Path) -> Iterator[str]:
+    """The scoring server's URL: teacher.endpoint, or `vllm serve` on the teacher's engine
+    settings (tensor parallelism included) for as long as training runs."""
+    from teachers.factory import serve_flags, teacher_source, vllm_engine_kwargs
+    from teachers.serve import vllm_server
+
+    if cfg.teacher.is_endpoint:
+        yield cfg.teacher.endpoint.base_url
+        return
+    engine_kwargs = vllm_engine_kwargs(cfg.teacher) if cfg.teacher.backend == "vllm" else {}
+    with vllm_server(teacher_source(cfg.teacher).path, served_name="teacher",
+                     max_model_len=cfg.teacher.max_model_len, dtype=cfg.teacher.dtype,
+                     extra_args=serve_flags(engine_kwargs), log_path=log) as url:
+        yield url
 
 
 def check_endpoint(cfg: RunConfig, served: bool) -> None:
