@@ -536,11 +536,11 @@ class OPDConfig(TrainConfig):
                                     "loss sees; beta > 0 needs 1 (the sampled token plus a "
                                     "tail bucket), beta 0 may use up to 20")
 
-    cross_tokenizer: Literal["gold", "refuse"] = Field(
-        "gold", description="a teacher and student with different tokenizers: gold = TRL's "
-                            "experimental GOLDTrainer (JSD on the tokens both vocabularies "
-                            "share, ULD on the rest; in_process scoring only); refuse = a "
-                            "config error")
+    cross_tokenizer: Literal["refuse", "gold"] = Field(
+        "refuse", description="a teacher and student with different tokenizers: refuse = a "
+                              "config error; gold = TRL's experimental GOLDTrainer (JSD on the "
+                              "tokens both vocabularies share, ULD on the rest; in_process "
+                              "scoring only; mixed results here, README)")
 
     @model_validator(mode="after")
     def _server_support(self) -> OPDConfig:

@@ -99,12 +99,11 @@ def opd_config(tmp_path, teacher: str, quantization: str = "nf4",
 
 
 def test_mismatched_tokenizers_refused_by_name(tmp_path):
-    """The packaged quickstart pair (Qwen2.5 teacher, SmolLM2 student) with the cross-tokenizer
-    path off: `distill train opd` refuses before loading any weights or reading any input
+    """The packaged quickstart pair (Qwen2.5 teacher, SmolLM2 student), cross-tokenizer path
+    off (the default): `distill train opd` refuses before loading any weights or reading any input
     (none exist here), names why, what GOLD measured and a pair that works; exit 2, no
     traceback, nothing trained. With a served teacher GOLD cannot run: refused, saying so."""
-    path, cfg = opd_config(tmp_path, "packaged:qwen2.5-coder-0.5b-instruct",
-                           cross_tokenizer="refuse")
+    path, cfg = opd_config(tmp_path, "packaged:qwen2.5-coder-0.5b-instruct")
     result = CliRunner().invoke(app, ["train", "opd", str(path)])
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
@@ -115,7 +114,8 @@ def test_mismatched_tokenizers_refused_by_name(tmp_path):
     assert not (tmp_path / "run" / "opd" / "adapter").exists()
     with pytest.raises(ConfigError, match="cannot be distilled on-policy"):
         opd.run_opd(Run(cfg))
-    _, served = opd_config(tmp_path, "packaged:qwen2.5-coder-0.5b-instruct", scoring="server")
+    _, served = opd_config(tmp_path, "packaged:qwen2.5-coder-0.5b-instruct", scoring="server",
+                           cross_tokenizer="gold")
     with pytest.raises(ConfigError, match="set opd.teacher_scoring: in_process"):
         opd.run_opd(Run(served))
 
@@ -181,26 +181,3 @@ def check_opd_lowers_heldout_kl(tmp_path, path, scoring: str) -> None:
     print("train losses", losses)
     assert losses
 
-
-@pytest.mark.slow
-def test_cross_tokenizer_pair_distils_with_gold(tmp_path):
-    """The packaged quickstart pair (Qwen2.5-Coder-0.5B teacher, SmolLM2-135M student, different
-    tokenizers) trains with TRL's GOLD (hybrid loss) for a few real steps: no refusal, no SFT
-    fallback, and the teacher finds the student's held-out answers likelier per character
-    afterwards (no per-token KL exists across tokenizers). Plain LoRA on the CPU, as above."""
-    path, cfg = opd_config(tmp_path, "packaged:qwen2.5-coder-0.5b-instruct", "none",
-                           learning_rate=5e-4, max_steps=4)
-    run_dir = tmp_path / "run"
-    write_prompts(run_dir)
-    noisy_sft_adapter(cfg, run_dir / "sft" / "adapter")
-
-    result = CliRunner().invoke(app, ["train", "opd", str(path)])
-    assert result.exit_code == 0, result.output
-    summary = json.loads((run_dir / "opd" / "summary.json").read_text())
-    print({k: summary[k] for k in ("heldout_reverse_kl_before", "heldout_reverse_kl_after",
-                                   "train_loss", "seconds_per_step", "seconds", "peak_rss_mb")})
-    assert summary["cross_tokenizer"] is True and "NLL" in summary["heldout_measure"]
-    assert summary["steps"] == 4
-    before, after = summary["heldout_reverse_kl_before"], summary["heldout_reverse_kl_after"]
-    assert after < before, (before, after)
-    assert (run_dir / "opd" / "adapter" / "adapter_config.json").is_file()
