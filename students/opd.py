@@ -1,10 +1,19 @@
-"""OPD stage: on-policy distillation of the SFT student with TRL's DistillationTrainer.
+"""OPD stage: on-policy distillation of the SFT student with TRL's distillation trainers.
 
 The student (4-bit base + the SFT adapter, trainable) samples answers to the training prompts;
-the teacher, loaded as a transformers model in the same process, scores every sampled token
-with its full next-token distribution; the adapter is trained on the per-token divergence
-(`opd.beta`: 1 = reverse KL). That needs one vocabulary for both models, checked before any
-weights load (`check_pair`): a pair with different tokenizers is refused by name.
+the teacher scores every sampled token and the adapter is trained on the per-token divergence
+(`opd.beta`: 1 = reverse KL). `opd.teacher_scoring` says where the teacher runs:
+  in_process  loaded as a transformers model next to the student: its full next-token
+              distribution, the exact divergence (TRL's DistillationTrainer);
+  server      `vllm serve` (started here, on the teacher's engine settings) or teacher.endpoint
+              (a vLLM-compatible server): prompt logprobs of the sampled sequences, so the loss
+              sees the teacher's top-k only (TRL's experimental ServerDistillationTrainer). The
+              teacher's weights never enter the training process (a tensor-parallel teacher works).
+Both need one vocabulary for both models, checked before any weights load (`check_pair`). A
+pair with different tokenizers is refused by name (`opd.cross_tokenizer: refuse`, the default,
+or a served teacher), or, opted in (`gold`, the teacher in process), goes to TRL's experimental
+GOLDTrainer (JSD where both vocabularies hold a token, ULD on the rest; mixed results here).
+Nothing falls back to SFT.
 Reads `prompts/train.parquet` (and `prompts/test.parquet` for the held-out KL); writes
 `opd/checkpoints/`, `opd/adapter/`, `opd/metrics.jsonl`, `opd/summary.json`.
 """
@@ -12,7 +21,10 @@ Reads `prompts/train.parquet` (and `prompts/test.parquet` for the held-out KL); 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 from distill.core.config import RunConfig
 from distill.core.errors import ConfigError, StageNotReadyError
@@ -43,14 +55,11 @@ def run_opd(run: Run) -> dict:
     cfg = run.cfg
     if not cfg.opd.enabled:
         return {"skipped": True}
-    if cfg.teacher.is_endpoint:
-        raise ConfigError("teacher.backend", [
-            "opd needs the teacher's weights in the training process (its full next-token "
-            "distribution at every sampled token); an API teacher gives neither: set opd.enabled: "
-            "false, or name a local or hub teacher model of the student's family"])
+    served = cfg.opd.teacher_scoring == "server"
+    check_endpoint(cfg, served)
     base = resolve(cfg.student.model)
     teacher = resolve(cfg.teacher.model)
-    vocab = check_pair(cfg, teacher.path, base.path)  # a config problem: before the inputs
+    vocab, cross = check_pair(cfg, teacher.path, base.path)  # before the inputs
     prompts_path = run.paths.train_prompts
     data.read_table(prompts_path, PROMPT_COLUMNS, "prompts")
     sft_adapter = run.paths.finished_adapter("sft")
@@ -67,9 +76,49 @@ def run_opd(run: Run) -> dict:
         init_adapter=str(sft_adapter),
         teacher_path=teacher.path,
         seed_index=run.seed_index,
+        cross_tokenizer=cross,
     )
-    summary = run_job(run, job, train_worker)
+    if not served:
+        return {**run_job(run, job, train_worker), "vocab_size": vocab}
+    # The server lives as long as the training job; TRL's client wants the root, not /v1.
+    with teacher_server(cfg, job.stage_dir / "vllm_teacher.log") as url:
+        job = replace(job, teacher_url=url.rstrip("/").removesuffix("/v1"))
+        summary = run_job(run, job, train_worker)
     return {**summary, "vocab_size": vocab}
+
+
+@contextmanager
+def teacher_server(cfg: RunConfig, log: Path) -> Iterator[str]:
+    """The scoring server's URL: teacher.endpoint, or `vllm serve` on the teacher's engine
+    settings (tensor parallelism included) for as long as training runs."""
+    from teachers.factory import serve_flags, teacher_source, vllm_engine_kwargs
+    from teachers.serve import vllm_server
+
+    if cfg.teacher.is_endpoint:
+        yield cfg.teacher.endpoint.base_url
+        return
+    engine_kwargs = vllm_engine_kwargs(cfg.teacher) if cfg.teacher.backend == "vllm" else {}
+    with vllm_server(teacher_source(cfg.teacher).path, served_name="teacher",
+                     max_model_len=cfg.teacher.max_model_len, dtype=cfg.teacher.dtype,
+                     extra_args=serve_flags(engine_kwargs), log_path=log) as url:
+        yield url
+
+
+def check_endpoint(cfg: RunConfig, served: bool) -> None:
+    """An API teacher can score only as a server, and only one TRL's client can talk to."""
+    if not cfg.teacher.is_endpoint:
+        return
+    if not served:
+        raise ConfigError("teacher.backend", [
+            "opd with teacher_scoring: in_process needs the teacher's weights in the training "
+            "process; an API teacher has none: set opd.teacher_scoring: server (a vLLM-compatible "
+            "endpoint that returns prompt logprobs), name a local or hub teacher, or set "
+            "opd.enabled: false"])
+    if cfg.teacher.endpoint.api_key_env is not None:
+        raise ConfigError("teacher.endpoint.api_key_env", [
+            "opd's served scoring talks to the teacher through TRL's VLLMClient, which sends no "
+            "API key (and needs vLLM's /health and prompt_logprobs, which hosted APIs lack): "
+            "point teacher.endpoint at a `vllm serve` without --api-key"])
 
 
 # --- the tokenizer rule -----------------------------------------------------------------------
@@ -86,9 +135,10 @@ def vocabulary_mismatch(teacher_vocab: dict[str, int], student_vocab: dict[str, 
             f"{differ} token ids mean another string or nothing to the other model)")
 
 
-def check_pair(cfg: RunConfig, teacher_path: str, student_path: str) -> int:
-    """Refuse (ConfigError) a teacher whose tokens or output layer differ from the student's;
-    returns the shared vocabulary size."""
+def check_pair(cfg: RunConfig, teacher_path: str, student_path: str) -> tuple[int, bool]:
+    """The student's vocabulary size, and whether the pair needs the cross-tokenizer path
+    (GOLD); refuses (ConfigError) a pair with different tokenizers or output layers where
+    that path is off or cannot run."""
     from transformers import AutoConfig, AutoTokenizer
 
     teacher_vocab = AutoTokenizer.from_pretrained(teacher_path).get_vocab()
@@ -101,19 +151,35 @@ def check_pair(cfg: RunConfig, teacher_path: str, student_path: str) -> int:
             why = (f"their tokenizers agree but their output layers have {widths[0]} and "
                    f"{widths[1]} logits (TRL's loss compares the two distributions position by "
                    "position)")
-    if why is not None:
-        raise ConfigError("teacher.model", [refusal(cfg, why)])
-    return len(student_vocab)
+    if why is None:
+        return len(student_vocab), False
+    if cfg.opd.cross_tokenizer == "gold" and cfg.opd.teacher_scoring == "in_process":
+        return len(student_vocab), True
+    raise ConfigError("teacher.model", [refusal(cfg, why)])
+
+
+GOLD_MEASURED = (
+    "TRL's experimental cross-tokenizer GOLD trainer, tried here on the packaged Qwen2.5 -> "
+    "SmolLM2 pair (benchmarks/results/opd_gold_attempt.md): ULD alone collapsed the student to "
+    "one answer while its loss fell; the hybrid loss helped from a fresh LoRA (teacher NLL of "
+    "the student's answers 0.43 -> 0.04 nats/char) but made a noisy SFT-like student worse in "
+    "distill's own test (0.24 -> 0.43), so it is not on by default")
 
 
 def refusal(cfg: RunConfig, why: str) -> str:
+    if cfg.opd.cross_tokenizer == "refuse":
+        because = (f"opd.cross_tokenizer is refuse; gold would use {GOLD_MEASURED} (opt in "
+                   "with opd.cross_tokenizer: gold, teacher in process)")
+    else:
+        because = ("the cross-tokenizer path (GOLD) needs the teacher's full logits in the "
+                   "training process, and opd.teacher_scoring is server (prompt logprobs of "
+                   "the student's tokens mean nothing to another tokenizer): set "
+                   "opd.teacher_scoring: in_process")
     return (
         f"opd: teacher {cfg.teacher.model} and student {cfg.student.model} cannot be distilled "
-        f"on-policy here: {why}. The teacher scores each token the student samples with its own "
-        "next-token distribution, so both must share one vocabulary. TRL's cross-tokenizer "
-        "method (experimental GOLD, ULD loss) is not wired in: it is untested here with QLoRA. "
-        f"Use a teacher and student of one family (e.g. {'; '.join(WORKING_PAIRS)}), or set "
-        "opd.enabled: false (SFT and DPO work with any pair). Nothing falls back to SFT.")
+        f"on-policy here: {why}; {because}. Same-vocabulary OPD needs a teacher and student of "
+        f"one family (e.g. {'; '.join(WORKING_PAIRS)}); or set opd.enabled: false (SFT and DPO "
+        "work with any pair). Nothing falls back to SFT.")
 
 
 # --- prompts ------------------------------------------------------------------------------------
@@ -138,6 +204,32 @@ def prompt_fitter(cfg: RunConfig, tokenizer, sft_budget: int | None) -> InputFit
 # --- the held-out measure --------------------------------------------------------------------
 
 
+def greedy_answers(student, tokenizer, chats: list[list[Message]], max_new_tokens: int):
+    """(chat, prompt + greedy answer ids, prompt length) per chat that got an answer token."""
+    import torch
+
+    device = next(student.parameters()).device
+    answers = []
+    with torch.no_grad():
+        for chat in chats:
+            text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            prompt = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(device)
+            n = prompt["input_ids"].shape[1]
+            out = student.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False,
+                                   use_cache=True, pad_token_id=tokenizer.pad_token_id)
+            if out.shape[1] > n:
+                answers.append((chat, out, n))
+    return answers
+
+
+def student_logprobs(student, ids, n: int):
+    """The student's log-probabilities at the positions that predict ids[n:] (one row each)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.log_softmax(student(input_ids=ids).logits[0, n - 1:-1].float(), -1)
+
+
 def heldout_reverse_kl(student, teacher, tokenizer, chats: list[list[Message]],
                        max_new_tokens: int) -> float | None:
     """Mean per-token KL(student || teacher) in nats, over the full vocabulary, at every token
@@ -147,26 +239,93 @@ def heldout_reverse_kl(student, teacher, tokenizer, chats: list[list[Message]],
 
     was_training = student.training
     student.eval()
-    device = next(student.parameters()).device
     total, tokens = 0.0, 0
-    with torch.no_grad():
-        for chat in chats:
-            text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-            prompt = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(device)
-            n = prompt["input_ids"].shape[1]
-            out = student.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False,
-                                   use_cache=True, pad_token_id=tokenizer.pad_token_id)
-            if out.shape[1] <= n:
-                continue
-            positions = slice(n - 1, out.shape[1] - 1)  # logits that predict the answer tokens
-            s = torch.log_softmax(student(input_ids=out).logits[0, positions].float(), -1)
-            t = torch.log_softmax(teacher(input_ids=out.to(teacher.device)).logits[0, positions]
-                                  .float().to(device), -1)
-            total += (s.exp() * (s - t)).sum().item()
-            tokens += out.shape[1] - n
+    for _, out, n in greedy_answers(student, tokenizer, chats, max_new_tokens):
+        s = student_logprobs(student, out, n)
+        with torch.no_grad():
+            t = torch.log_softmax(teacher(input_ids=out.to(teacher.device)).logits[0, n - 1:-1]
+                                  .float().to(s.device), -1)
+        total += (s.exp() * (s - t)).sum().item()
+        tokens += out.shape[1] - n
     if was_training:
         student.train()
     return round(total / tokens, 4) if tokens else None
+
+
+HELDOUT_TOP_K = 20  # vLLM's default --max-logprobs
+
+
+def heldout_topk_reverse_kl(student, client, tokenizer, chats: list[list[Message]],
+                            max_new_tokens: int) -> float | None:
+    """The served teacher's version of `heldout_reverse_kl`: the teacher returns only its top
+    20 logprobs per token, so the KL is taken over those tokens (plus the answer's own token)
+    and one bucket for the rest. Merging tokens into a bucket never raises a KL, so this is a
+    lower bound of the full-vocabulary KL (tight when the teacher's top 20 hold its mass)."""
+    import torch
+
+    was_training = student.training
+    student.eval()
+    answers = greedy_answers(student, tokenizer, chats, max_new_tokens)
+    if not answers:
+        return None
+    scored = client.get_sequence_logprobs(
+        sequences=[out[0].tolist() for _, out, _ in answers],
+        prompt_lengths=[n for _, _, n in answers], top_logprobs=HELDOUT_TOP_K)
+    total, tokens = 0.0, 0
+    for i, (_, out, n) in enumerate(answers):
+        s = student_logprobs(student, out, n)
+        for pos, (top_lp, top_ids, actual) in enumerate(zip(
+                scored["logprobs"][i], scored["logprob_token_ids"][i], scored["actual_logprobs"][i])):
+            support = {t: lp for t, lp in zip(top_ids, top_lp) if lp > float("-inf")}
+            support.setdefault(int(out[0, n + pos]), actual[0])
+            t_lp = torch.tensor(list(support.values()))
+            s_lp = s[pos, list(support)].cpu()
+            total += bucket_kl(s_lp, t_lp)
+            tokens += 1
+    if was_training:
+        student.train()
+    return round(total / tokens, 4) if tokens else None
+
+
+def heldout_teacher_nll(student, teacher, tokenizer, teacher_tokenizer,
+                        chats: list[list[Message]], max_new_tokens: int) -> float | None:
+    """For a pair with different tokenizers, where no per-token KL exists: the teacher's
+    negative log-likelihood (nats) of the student's greedy answer text, re-tokenized by the
+    teacher after the teacher's own chat template, per answer character (lower: the student
+    says more what the teacher would say). None without any answer."""
+    import torch
+
+    was_training = student.training
+    student.eval()
+    total, chars = 0.0, 0
+    for chat, out, n in greedy_answers(student, tokenizer, chats, max_new_tokens):
+        answer = tokenizer.decode(out[0, n:], skip_special_tokens=True)
+        if not answer.strip():
+            continue
+        prompt = teacher_tokenizer.apply_chat_template(chat, add_generation_prompt=True,
+                                                       tokenize=False)
+        p = teacher_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a = teacher_tokenizer(answer, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p + a], device=teacher.device)
+        with torch.no_grad():
+            logp = torch.log_softmax(teacher(input_ids=ids).logits[0, len(p) - 1:-1].float(), -1)
+        total -= logp.gather(-1, ids[0, len(p):, None]).sum().item()
+        chars += len(answer)
+    if was_training:
+        student.train()
+    return round(total / chars, 4) if chars else None
+
+
+def bucket_kl(s_lp, t_lp) -> float:
+    """KL(s || t) over the given tokens plus one bucket holding each side's remaining mass."""
+    import torch
+
+    def with_tail(lp):
+        rest = (1 - lp.exp().sum()).clamp_min(1e-12)
+        return torch.cat([lp, rest.log()[None]])
+
+    s_all, t_all = with_tail(s_lp), with_tail(t_lp)
+    return float((s_all.exp() * (s_all - t_all)).sum())
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -174,16 +333,74 @@ def heldout_reverse_kl(student, teacher, tokenizer, chats: list[list[Message]],
 
 def trl_args(job: TrainJob, where: modeling.Placement):
     from trl import DistillationConfig
+    from trl.experimental.server_distillation import ServerDistillationConfig
 
     cfg = job.cfg
     opd = cfg.opd
-    return DistillationConfig(
+    common = dict(
         **common_args(job, opd, modeling.precision_args(where)),
         beta=opd.beta,
         temperature=opd.temperature,
         max_completion_length=opd.max_new_tokens,
         disable_dropout=True,  # the student's samples and its scored logits come from one model
     )
+    if job.cross_tokenizer:
+        return gold_args(job, common)
+    if job.teacher_url is None:
+        return DistillationConfig(**common)
+    # loss_add_tail: the mass outside the teacher's top-k is one more bucket, so a top-1
+    # support still has a divergence to minimise.
+    return ServerDistillationConfig(**common, teacher_model_server_url=job.teacher_url,
+                                    loss_top_k=opd.server_top_k, loss_add_tail=True)
+
+
+def gold_args(job: TrainJob, common: dict):
+    """TRL's GOLD (cross-tokenizer) arguments: fully on-policy like DistillationTrainer
+    (lmbda 1), the hybrid loss (JSD where both vocabularies hold the token, ULD on the rest:
+    ULD alone collapsed the student here, benchmarks/results/opd_gold_attempt.md)."""
+    from trl.experimental.gold import GOLDConfig
+
+    return GOLDConfig(**common, lmbda=1.0, top_p=1.0, use_uld_loss=True, use_extended_uld=True,
+                      uld_use_hybrid_loss=True, teacher_tokenizer_name_or_path=job.teacher_path,
+                      max_length=job.cfg.student.max_seq_len)
+
+
+def make_trainer(job: TrainJob, where: modeling.Placement, policy, tokenizer, chats):
+    """TRL's trainer for the scoring mode, and what the held-out measure scores with: the
+    in-process teacher, or the client of the served one."""
+    from trl import DistillationTrainer
+    from trl.experimental.server_distillation import ServerDistillationTrainer
+
+    dataset = data.to_dataset([{"example_id": str(i), "prompt": c} for i, c in enumerate(chats)])
+    args = trl_args(job, where)
+    if job.teacher_url is not None:
+        trainer = ServerDistillationTrainer(model=policy, args=args, train_dataset=dataset,
+                                            processing_class=tokenizer)
+        return trainer, trainer.teacher_client
+    teacher = load_teacher(job.teacher_path, where)
+    if job.cross_tokenizer:
+        from transformers import AutoTokenizer
+        from trl.experimental.gold import GOLDTrainer
+
+        # GOLD reads chats as "messages" ending in an answer turn; with lmbda 1 every answer
+        # is the student's own sample, so this placeholder is never trained on.
+        gold_data = data.to_dataset([{"messages": [*c, {"role": "assistant", "content": "."}]}
+                                     for c in chats])
+        trainer = GOLDTrainer(model=policy, teacher_model=teacher, args=args,
+                              train_dataset=gold_data, processing_class=tokenizer)
+        return trainer, (teacher, AutoTokenizer.from_pretrained(job.teacher_path))
+    trainer = DistillationTrainer(model=policy, teacher_model=teacher, args=args,
+                                  train_dataset=dataset, processing_class=tokenizer)
+    return trainer, teacher
+
+
+def heldout_kl(job: TrainJob, student, scorer, tokenizer, chats) -> float | None:
+    n = job.cfg.opd.max_new_tokens
+    if job.cross_tokenizer:
+        return heldout_teacher_nll(student, scorer[0], tokenizer, scorer[1], chats, n)
+    if job.teacher_url is not None:
+        return heldout_topk_reverse_kl(student, scorer, tokenizer, chats, n)
+    return heldout_reverse_kl(student, scorer, tokenizer, chats, n)
 
 
 def load_teacher(path: str, where: modeling.Placement):
@@ -198,9 +415,15 @@ def load_teacher(path: str, where: modeling.Placement):
     return teacher
 
 
+def heldout_measure(job: TrainJob) -> str:
+    """What the summary's heldout_reverse_kl_* hold for this mode."""
+    if job.cross_tokenizer:
+        return "teacher NLL per answer character (no per-token KL across tokenizers)"
+    return "teacher top-20 + tail (lower bound)" if job.teacher_url else "full vocabulary"
+
+
 def train_worker(job: TrainJob) -> dict:
     from peft import PeftModel
-    from trl import DistillationTrainer
 
     from students.callbacks import MetricsLogger, install
 
@@ -216,17 +439,8 @@ def train_worker(job: TrainJob) -> dict:
                if opd.heldout_prompts and job.paths.test_prompts.is_file() else [])
     base = modeling.load_base(job.base_path, cfg.student, where)
     policy = PeftModel.from_pretrained(base, job.init_adapter, is_trainable=True)
-    teacher = load_teacher(job.teacher_path, where)
-    kl_before = heldout_reverse_kl(policy, teacher, tokenizer, heldout, opd.max_new_tokens)
-
-    trainer = DistillationTrainer(
-        model=policy,
-        teacher_model=teacher,
-        args=trl_args(job, where),
-        train_dataset=data.to_dataset([{"example_id": str(i), "prompt": c}
-                                       for i, c in enumerate(chats)]),
-        processing_class=tokenizer,
-    )
+    trainer, scorer = make_trainer(job, where, policy, tokenizer, chats)
+    kl_before = heldout_kl(job, policy, scorer, tokenizer, heldout)
     modeling.keep_adapter_dtype(trainer.model, where)
     logger = MetricsLogger(job.metrics_path, "opd", world_size)
     install(trainer, logger)
@@ -237,13 +451,16 @@ def train_worker(job: TrainJob) -> dict:
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
-    kl_after = heldout_reverse_kl(trainer.model, teacher, tokenizer, heldout, opd.max_new_tokens)
+    kl_after = heldout_kl(job, trainer.model, scorer, tokenizer, heldout)
 
     steps = trainer.state.global_step
     ran = steps - (resumed_from or 0)
     summary = {
         "heldout_reverse_kl_before": kl_before,
         "heldout_reverse_kl_after": kl_after,
+        "heldout_measure": heldout_measure(job),
+        "cross_tokenizer": job.cross_tokenizer,
+        "teacher_scoring": opd.teacher_scoring,
         "train_loss": round(result.training_loss, 4),
         "steps": steps,
         # prompt + sampled tokens of every step: what the teacher scored (and the student trained on)

@@ -38,6 +38,8 @@ class TrainJob:
     tags: dict | None = None  # distill.core.rundir.run_tags: provenance for the model card
     seed_index: int = 0  # which training seed (eval.seeds): its paths and its trainer seed
     teacher_path: str | None = None  # OPD: the teacher's weights, loaded next to the student
+    teacher_url: str | None = None  # OPD, teacher_scoring: server: the scoring server's root URL
+    cross_tokenizer: bool = False  # OPD: the teacher's tokenizer differs (TRL's GOLD)
 
     @property
     def train_seed(self) -> int:

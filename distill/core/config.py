@@ -512,8 +512,9 @@ class OPDConfig(TrainConfig):
     token, the student's LoRA is trained on the per-token divergence (TRL DistillationTrainer).
     Fully on-policy: every batch is the student's own samples."""
 
-    enabled: bool = Field(False, description="off by default: it loads the teacher's weights "
-                                             "next to the student's in the training process")
+    enabled: bool = Field(False, description="off by default: the teacher scores every token "
+                                             "the student samples (in_process: its weights "
+                                             "load next to the student's)")
     learning_rate: float = Field(1e-4, gt=0)
     max_steps: int = Field(100, description="-1: run all epochs over the training prompts")
     batch_size: int = Field(4, gt=0, description="prompts sampled per step and device")
@@ -524,6 +525,30 @@ class OPDConfig(TrainConfig):
     heldout_prompts: int = Field(
         16, ge=0, description="held-out prompts (prompts/test.parquet) on which the per-token "
                               "reverse KL to the teacher is measured before and after; 0: skip")
+    teacher_scoring: Literal["in_process", "server"] = Field(
+        "in_process", description="in_process: the teacher's weights load next to the "
+                                  "student, exact full-vocabulary divergence; server: the "
+                                  "teacher runs as `vllm serve` (or is teacher.endpoint, a "
+                                  "vLLM-compatible server) and scores the student's samples "
+                                  "with prompt logprobs: a top-k approximation (README, OPD)")
+    server_top_k: int = Field(
+        1, ge=1, le=20, description="teacher_scoring: server: teacher logprobs per token the "
+                                    "loss sees; beta > 0 needs 1 (the sampled token plus a "
+                                    "tail bucket), beta 0 may use up to 20")
+
+    cross_tokenizer: Literal["refuse", "gold"] = Field(
+        "refuse", description="a teacher and student with different tokenizers: refuse = a "
+                              "config error; gold = TRL's experimental GOLDTrainer (JSD on the "
+                              "tokens both vocabularies share, ULD on the rest; in_process "
+                              "scoring only; mixed results here, README)")
+
+    @model_validator(mode="after")
+    def _server_support(self) -> OPDConfig:
+        # TRL's server trainer computes beta > 0 only on the sampled token's support.
+        if self.teacher_scoring == "server" and self.beta > 0 and self.server_top_k != 1:
+            raise ValueError("opd.server_top_k > 1 needs opd.beta: 0 (forward KL); with "
+                             "beta > 0 the served teacher's loss is top-1 only (TRL)")
+        return self
 
 
 class ExportConfig(Section):

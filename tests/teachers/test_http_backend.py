@@ -4,8 +4,11 @@ fault tolerance on Ray: a crashed actor is restarted, a killed driver resumes ex
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from distill.core.config import EndpointConfig
 from teachers.base import SamplingSpec
@@ -71,3 +74,21 @@ def test_crashed_actor_and_killed_driver_resume_exactly_once(server, ray_local, 
     assert summary["prompts_this_run"] == 16 - 4 * len(first_files)
     assert {f.name: f.stat().st_mtime_ns for f in first_files} == kept  # never rewritten
     assert all(r["backend"] == "openai" and r["model"] == "student" for r in rows)
+
+
+def test_opd_trains_against_this_server_as_its_teacher(server, tmp_path):
+    """opd.teacher_scoring: server with teacher.backend: openai on this `vllm serve` (SmolLM2,
+    the OPD test's teacher): TRL's server trainer scores the student's samples with prompt
+    logprobs (top-1 reverse KL) and the held-out KL (its top-20 bound, scored by the same
+    server) falls. Here rather than in tests/students: this module's server is already up."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "students"))
+    from student_data import tiny_config
+    from test_opd import OPD, SERVED, check_opd_lowers_heldout_kl
+
+    teacher = {"model": "packaged:smollm2-135m-instruct", "backend": "openai",
+               "endpoint": {"base_url": server, "model": "student"}}
+    cfg = tiny_config(tmp_path / "run", teacher=teacher, opd={**OPD, **SERVED},
+                      student={"quantization": "none"})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    check_opd_lowers_heldout_kl(tmp_path, path, "server")
