@@ -162,6 +162,7 @@ class DiskIndex:
         tmp = self.segments_dir / f".{segment_id}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         ds.select_columns(["key", "exact", "bands", "shingles", "chars"]).write_parquet(str(tmp))
+        tmp.mkdir(exist_ok=True)  # nothing kept: an empty segment all the same
         old = self.segments_dir / f".{segment_id}.{os.getpid()}.old"
         for previous in (final, final.with_suffix(".parquet")):
             if previous.exists():
@@ -173,12 +174,30 @@ class DiskIndex:
     def write(self, segment_id: str, docs: IndexedDocs) -> Path:
         import pyarrow.parquet as pq
 
+        import shutil
+
         self.segments_dir.mkdir(parents=True, exist_ok=True)
         path = self.segments_dir / f"{segment_id}.parquet"
         tmp = path.with_name(f".{segment_id}.{os.getpid()}.tmp")
         pq.write_table(_to_table(docs), tmp)
         os.replace(tmp, path)
+        shutil.rmtree(self.segments_dir / segment_id, ignore_errors=True)  # a sharded re-run
         return path
+
+    def load_keys(self, exclude: str | None = None) -> tuple[list[str], list[str]]:
+        """Keys and exact keys of every indexed document, in index order (no signatures)."""
+        import pyarrow.parquet as pq
+
+        keys: list[str] = []
+        exact: list[str] = []
+        for path in self.segment_files(exclude):
+            try:
+                t = pq.read_table(path, columns=["key", "exact"])
+            except Exception as exc:
+                raise DataError(f"dedup index segment {path} is unreadable: {exc}") from None
+            keys += t.column("key").to_pylist()
+            exact += t.column("exact").to_pylist()
+        return keys, exact
 
 
 def _to_table(docs: IndexedDocs):

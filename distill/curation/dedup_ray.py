@@ -40,6 +40,7 @@ JOIN_SCHEMA_FIELDS = ("node", "other", "prio", "shingles")  # both sides of the 
 class RayDedupResult:
     nodes: object  # materialized Dataset: one row per document in a cluster (see _finish)
     candidates: object  # materialized Dataset: a, b, j for every candidate pair
+    docs: object  # materialized Dataset: id, prio, bands, shingles of every document
     candidate_pairs: int
     verified_pairs: int
     clusters: int
@@ -259,12 +260,13 @@ def _partitions(n_rows: int, per: int = 100_000) -> int:
 
 
 def near_dedup_ray(new, params: MinHashParams, threshold: float, keep: KeepRule, old=None,
-                   n_old: int = 0, batch_size: int = 2048, max_rounds: int = 50
-                   ) -> RayDedupResult:
+                   n_old: int = 0, batch_size: int = 2048, max_rounds: int = 50,
+                   docs_out: bool = False) -> RayDedupResult:
     """Near-duplicate clusters of `new` (a Dataset of idx, text) and against `old`.
 
     `old`: the index as a Dataset of (id, bands, shingles, chars) with ids 0..n_old-1
-    (`DiskIndex.read_ray`). Only new documents are ever dropped.
+    (`DiskIndex.read_ray`). Only new documents are ever dropped. `docs_out` keeps the
+    documents' signatures in the result (held in the object store) for an index update.
     """
     ds_new = new.map_batches(_new_docs, fn_kwargs={"params": params, "keep": keep,
                                                    "n_old": n_old},
@@ -306,7 +308,8 @@ def near_dedup_ray(new, params: MinHashParams, threshold: float, keep: KeepRule,
         nodes = (edges.repartition(edge_parts, keys=["lu"])
                  .map_batches(_finish, batch_size=None, batch_format="numpy")).materialize()
         stats = _node_stats(nodes)
-    return RayDedupResult(nodes, candidates, n_cand, n_edges // 2, stats["is_rep"],
+    return RayDedupResult(nodes, candidates, docs if docs_out else None, n_cand, n_edges // 2,
+                          stats["is_rep"],
                           stats["dropped"], stats["against"], rounds)
 
 
@@ -331,3 +334,75 @@ def texts_dataset(texts, batch_size: int = 2048):
     n = len(texts)
     return ray.data.from_arrow([table.slice(i, batch_size) for i in range(0, n, batch_size)]
                                or [table])
+
+
+# --- the curate stage's use: texts in the driver already, the index on disk -------------------
+
+
+def near_dedup_texts(texts, keys: list[str], old_keys: list[str], index, exclude: str | None,
+                     params: MinHashParams, threshold: float, keep: KeepRule, batch_size: int):
+    """`near_dedup_ray` for the curate stage: (NearDedupResult, the pending index update).
+
+    `old_keys` are the indexed documents' keys in index order (curate loads them for exact
+    dedup anyway); only the dropped documents come back to the driver.
+    """
+    from distill.curation.dedup import Dropped, NearDedupResult
+
+    old_ds, n_old = index.read_ray(exclude)
+    if n_old != len(old_keys):
+        raise RuntimeError(f"dedup index changed while reading: {n_old} != {len(old_keys)} rows")
+    res = near_dedup_ray(texts_dataset(texts, batch_size), params, threshold, keep, old_ds,
+                         n_old, batch_size, docs_out=True)
+
+    def key(i: int) -> str:
+        return old_keys[i] if i < n_old else keys[i - n_old]
+
+    dropped: list[Dropped] = []
+    if res.nodes is not None:
+        rows = res.nodes.map_batches(_only_dropped, batch_format="numpy").to_pandas()
+        for r in rows.sort_values("id").itertuples():
+            where = "indexed earlier run" if r.rep_indexed else "this run"
+            detail = f"cluster of {r.size} ({where}); J={r.j:.3f} with {key(int(r.nb))}"
+            dropped.append(Dropped(int(r.id) - n_old, key(int(r.rep)), detail))
+    out = NearDedupResult(dropped, res.clusters, res.candidate_pairs, res.verified_pairs,
+                          res.against_index)
+    return out, RayIndexUpdate(index, exclude or "", res.docs, n_old, keys, texts)
+
+
+def _only_dropped(batch):
+    return {k: v[batch["dropped"]] for k, v in batch.items()}
+
+
+class RayIndexUpdate:
+    """The kept documents' signatures, written to the index as Parquet shards by Ray Data."""
+
+    def __init__(self, index, segment: str, docs, n_old: int, keys: list[str], texts):
+        from distill.curation.minhash import exact_key
+
+        self.index, self.segment, self.docs, self.n_old = index, segment, docs, n_old
+        self.keys = keys
+        self.exact = [exact_key(t) for t in texts]
+        self.chars = np.array([len(t) for t in texts], dtype=np.int64)
+
+    def commit(self, final):
+        ids = {e.example_id for e in final}
+        kept = np.array([i for i, k in enumerate(self.keys) if k in ids], dtype=np.int64)
+        rows = self.docs.map_batches(
+            _index_rows, batch_format="pyarrow",
+            fn_kwargs={"n_old": self.n_old, "kept": kept, "keys": self.keys,
+                       "exact": self.exact, "chars": self.chars})
+        return self.index.write_ray(self.segment, rows)
+
+
+def _index_rows(batch, n_old: int, kept: np.ndarray, keys, exact, chars):
+    """Document rows -> index rows for the kept new documents."""
+    import pyarrow as pa
+
+    pos = batch.column("id").to_numpy() - n_old
+    take = np.flatnonzero((pos >= 0) & np.isin(pos, kept))
+    p = pos[take]
+    return pa.table({"key": pa.array([keys[i] for i in p], pa.string()),
+                     "exact": pa.array([exact[i] for i in p], pa.string()),
+                     "bands": batch.column("bands").take(take).combine_chunks(),
+                     "shingles": batch.column("shingles").take(take).combine_chunks(),
+                     "chars": pa.array(chars[p], pa.int64())})
