@@ -297,7 +297,7 @@ def near_dedup_ray(new, params: MinHashParams, threshold: float, keep: KeepRule,
         rounds += 1
         edges = (edges.repartition(edge_parts, keys=["u"])
                  .map_batches(_propagate, batch_size=None, batch_format="numpy")).materialize()
-        if not edges.sum("changed"):
+        if not _column_sum(edges, "changed"):
             break
         if rounds >= max_rounds:
             raise RuntimeError(f"dedup clusters: labels still changing after {rounds} rounds")
@@ -313,15 +313,26 @@ def near_dedup_ray(new, params: MinHashParams, threshold: float, keep: KeepRule,
                           stats["dropped"], stats["against"], rounds)
 
 
-def _node_stats(nodes) -> dict[str, int]:
-    def counts(batch):
-        d = batch["dropped"]
-        return {"dropped": [int(d.sum())], "is_rep": [int(batch["is_rep"].sum())],
-                "against": [int((d & batch["rep_indexed"]).sum())]}
+def _block_counts(batch):
+    d = batch["dropped"]
+    return {"dropped": [int(d.sum())], "is_rep": [int(batch["is_rep"].sum())],
+            "against": [int((d & batch["rep_indexed"]).sum())]}
 
-    per_block = nodes.map_batches(counts, batch_size=None, batch_format="numpy")
-    agg = per_block.sum(["dropped", "is_rep", "against"])
-    return {k: int(agg[f"sum({k})"] or 0) for k in ("dropped", "is_rep", "against")}
+
+def _node_stats(nodes) -> dict[str, int]:
+    # One row per block back to the driver: `Dataset.sum` would shuffle (aggregator actors)
+    rows = nodes.map_batches(_block_counts, batch_size=None, batch_format="numpy").take_all()
+    return {k: sum(int(r[k]) for r in rows) for k in ("dropped", "is_rep", "against")}
+
+
+def _block_sum(batch, column: str):
+    return {"n": [int(batch[column].sum())]}
+
+
+def _column_sum(ds, column: str) -> int:
+    rows = ds.map_batches(_block_sum, fn_kwargs={"column": column}, batch_size=None,
+                          batch_format="numpy").take_all()
+    return sum(int(r["n"]) for r in rows)
 
 
 def texts_dataset(texts, batch_size: int = 2048):
