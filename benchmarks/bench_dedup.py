@@ -94,12 +94,13 @@ def baseline(texts: list[str], threshold: float, num_perm: int) -> tuple[set, fl
     return pairs, time.perf_counter() - t0, time.process_time() - c0
 
 
-def ours(texts: list[str], threshold: float, num_perm: int, use_ray: bool):
+def ours(texts: list[str], threshold: float, num_perm: int):
+    """The one-process path (`dedup.signatures_local` + `dedup.near_dedup`)."""
     cand = threshold - 0.2
     bands, rows = lsh_params(cand, num_perm)
     params = MinHashParams(num_perm=num_perm, shingle="word", ngram=3, bands=bands, rows=rows)
     t0, c0 = time.perf_counter(), time.process_time()
-    sigs = dd.signatures_ray(texts, params) if use_ray else dd.signatures_local(texts, params)
+    sigs = dd.signatures_local(texts, params)
     t_sig = time.perf_counter() - t0
     docs = IndexedDocs([str(i) for i in range(len(texts))], [""] * len(texts), sigs.bands,
                        sigs.shingle_values, sigs.shingle_offsets,
@@ -203,7 +204,7 @@ def main() -> None:
           f"docs/s; {json.dumps(stats)}", flush=True)
     local_pairs, t_local = None, None
     if args.local:
-        local_pairs, _, t_local, _, _, _, _ = ours(texts, args.threshold, args.num_perm, False)
+        local_pairs, _, t_local, _, _, _, _ = ours(texts, args.threshold, args.num_perm)
         print(f"ours (one process): {t_local:.1f}s = {n / t_local:,.0f} docs/s", flush=True)
     sample = min(args.loop_sample or n, n)
     base_pairs, t_base, _ = baseline(texts[:sample], args.threshold, args.num_perm)
