@@ -175,9 +175,3 @@ def test_curate_on_ray_end_to_end_and_its_sharded_index(make_run, ray_local, tmp
     write_shards(refresh, build_rows([near_copy(base[0]), *new]))
     s2 = run_curate(refresh)
     assert s2["dedup"]["indexed_before"] == 10 and s2["dedup"]["near_against_index"] == 1
-    # and so does one on Ray, against both segments
-    again = make_run("again", dedup=ray_cfg, decontam={"enabled": False})
-    write_shards(again, build_rows([near_copy(new[1]), near_copy(base[2]), *base[5:9]]))
-    s3 = run_curate(again)
-    assert s3["dedup"]["indexed_before"] == 15 and s3["dedup"]["near_against_index"] == 2
-    assert s3["dedup"]["exact_against_index"] == 4 and s3["examples_out"] == 0
