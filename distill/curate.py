@@ -397,14 +397,17 @@ def _dedup(run: Run, examples: list[Example], rows, rejects: list[Rejected], fun
         return summary, examples, IndexUpdate()
     index = dd.open_index(cfg, run.paths.dedup_index)
     segment = _segment_id(rows)
-    old = index.load(exclude=segment)
+    # More than one batch runs on Ray Data end to end (the index too); one batch gains nothing
+    on_ray = cfg.near and cfg.use_ray and cfg.verify == "exact" and len(examples) > cfg.batch_size
+    old = None if on_ray else index.load(exclude=segment)
+    old_keys, old_exact = index.load_keys(exclude=segment) if on_ray else (old.keys, old.exact)
     params, cand = dd.resolve_params(cfg)
-    summary.update(index_dir=str(index.root), indexed_before=len(old), segment=segment)
+    summary.update(index_dir=str(index.root), indexed_before=len(old_keys), segment=segment)
 
     if cfg.exact:
         texts = [_dedup_text(e, cfg.fields) for e in examples]
         chars = np.array([len(t) for t in texts], dtype=np.int64)
-        indexed = dict(zip(old.exact, old.keys))
+        indexed = dict(zip(old_exact, old_keys))
         _, dropped = dd.exact_dedup(texts, [e.example_id for e in examples], chars, cfg.keep,
                                     indexed)
         n_in = len(examples)
@@ -422,20 +425,22 @@ def _dedup(run: Run, examples: list[Example], rows, rejects: list[Rejected], fun
     texts = [_dedup_text(e, cfg.fields) for e in examples]
     chars = np.array([len(t) for t in texts], dtype=np.int64)
     keys = [e.example_id for e in examples]
-    if cfg.use_ray and len(texts) > cfg.batch_size:  # one batch gains nothing from Ray
+    if on_ray:
+        from distill.curation.dedup_ray import near_dedup_texts
+
         ensure_ray(run.cfg)
-        sigs = dd.signatures_ray(texts, params, cfg.batch_size)
+        result, update = near_dedup_texts(texts, keys, old_keys, index, segment, params,
+                                          cfg.threshold, cfg.keep, cfg.batch_size)
     else:
         sigs = dd.signatures_local(texts, params)
-    new = IndexedDocs(keys, [dd.exact_key(t) for t in texts], sigs.bands, sigs.shingle_values,
-                      sigs.shingle_offsets, chars)
-    result = dd.near_dedup(new, sigs.sig, cfg.threshold, cfg.keep, old, cfg.verify)
+        new = IndexedDocs(keys, [dd.exact_key(t) for t in texts], sigs.bands,
+                          sigs.shingle_values, sigs.shingle_offsets, chars)
+        result = dd.near_dedup(new, sigs.sig, cfg.threshold, cfg.keep, old, cfg.verify)
+        update = IndexUpdate(index, segment, new)
     drops = {d.index: ("near_dup", f"{d.detail}; kept {d.kept_key}") for d in result.dropped}
     n_in = len(examples)
     examples, rej = _drop_examples(examples, drops)
     rejects += rej
-    keep_idx = np.array(sorted(set(range(n_in)) - set(drops)), dtype=np.int64)
-    new = new.take(keep_idx)
     summary.update(near_dropped=len(drops), near_against_index=result.against_index,
                    clusters=result.clusters, candidate_pairs=result.candidate_pairs,
                    verified_pairs=result.verified_pairs, bands=params.bands,
@@ -445,7 +450,7 @@ def _dedup(run: Run, examples: list[Example], rows, rejects: list[Rejected], fun
                note=f"{result.clusters} clusters, {result.candidate_pairs} candidates, "
                     f"{result.verified_pairs} >= J {cfg.threshold}")
     summary["dropped_total"] = summary["exact_dropped"] + summary["near_dropped"]
-    return summary, examples, IndexUpdate(index, segment, new)
+    return summary, examples, update
 
 
 class IndexUpdate:

@@ -328,7 +328,8 @@ class DedupConfig(Section):
     rows: int | None = Field(None, gt=0, description="LSH rows per band (with bands)")
     seed: int = Field(1, description="MinHash permutation seed (part of the index parameters)")
     batch_size: int = Field(2048, gt=0, description="documents per Ray Data signature batch")
-    use_ray: bool = Field(True, description="signatures in Ray Data map_batches; False: in process")
+    use_ray: bool = Field(True, description="above one batch, near-dedup on Ray Data end to end "
+                                            "(verify: exact); False: in process")
     keep: Literal["first", "longest", "shortest"] = Field(
         "first", description="which document of a cluster is kept; indexed ones always win")
     index_dir: Path | None = Field(None, description="persistent index; default <run>/dedup_index")

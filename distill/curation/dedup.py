@@ -1,8 +1,8 @@
-"""Exact and near-duplicate removal: MinHash signatures in Ray Data, LSH bands, exact Jaccard.
+"""Exact and near-duplicate removal in one process: MinHash signatures, LSH bands, exact Jaccard.
 
 Near-dedup, in four steps (text-dedup / NeMo Curator style, see the design notes section 6):
-1. signatures: documents are shingled and MinHashed in `ray.data` `map_batches` (vectorised
-   numpy, bit-identical to datasketch's affine32 MinHash); each yields one hash per LSH band;
+1. signatures: documents are shingled and MinHashed a batch at a time (vectorised numpy,
+   bit-identical to datasketch's affine32 MinHash); each yields one hash per LSH band;
 2. candidates: documents sharing a band hash are candidate pairs. The bands are chosen for a
    *lower* `candidate_threshold` than the decision threshold, because LSH at the threshold
    itself misses most pairs just above it (notes section 8);
@@ -14,6 +14,7 @@ Which document is kept: a document already in the persistent index (an earlier r
 wins, so new data never displaces data that was trained on before; otherwise `keep: first`
 keeps the earliest in input order, `longest`/`shortest` the one with most/fewest characters
 (ties: earliest). Clusters are transitive: A~B and B~C puts A, B, C in one cluster.
+The same steps on Ray Data, for inputs of any size, are in `dedup_ray`; both keep the same.
 """
 
 from __future__ import annotations
@@ -48,48 +49,6 @@ def signatures_local(texts: Sequence[str], params: MinHashParams) -> Signatures:
     values, offsets = shingle_batch(texts, params.shingle, params.ngram)
     sig = minhash_batch(values, offsets, params.num_perm, params.seed)
     return Signatures(band_hashes(sig, params.bands, params.rows), sig, values, offsets)
-
-
-def _signature_udf(batch, params: MinHashParams):
-    """Ray Data batch -> the same batch's signatures, band hashes and shingles (Arrow)."""
-    import pyarrow as pa
-
-    s = signatures_local(batch.column("text").to_pylist(), params)
-    return pa.table({
-        "idx": batch.column("idx"),
-        "sig": pa.FixedSizeListArray.from_arrays(pa.array(s.sig.reshape(-1), pa.uint32()),
-                                                 params.num_perm),
-        "bands": pa.FixedSizeListArray.from_arrays(pa.array(s.bands.reshape(-1), pa.uint64()),
-                                                   params.bands),
-        "shingles": pa.ListArray.from_arrays(pa.array(s.shingle_offsets.astype(np.int32)),
-                                             pa.array(s.shingle_values, pa.uint32())),
-    })
-
-
-def signatures_ray(texts: Sequence[str], params: MinHashParams, batch_size: int = 2048) -> Signatures:
-    """`signatures_local` spread over the Ray cluster with Ray Data `map_batches`."""
-    import pyarrow as pa
-    import ray
-
-    n = len(texts)
-    table = pa.table({"idx": pa.array(np.arange(n, dtype=np.int64)),
-                      "text": pa.array(list(texts), pa.large_string())})
-    blocks = [table.slice(i, batch_size) for i in range(0, n, batch_size)] or [table]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        _signature_udf, fn_kwargs={"params": params}, batch_format="pyarrow",
-        batch_size=batch_size, zero_copy_batch=True,
-    )
-    out = pa.concat_tables(ray.get(ds.to_arrow_refs()))
-    if out.num_rows != n:
-        raise RuntimeError(f"Ray Data returned {out.num_rows} signatures for {n} documents")
-    out = out.sort_by("idx")  # blocks may come back in any order
-    shingles = out.column("shingles").combine_chunks()
-    offsets = shingles.offsets.to_numpy().astype(np.int64)
-    return Signatures(
-        out.column("bands").combine_chunks().values.to_numpy().reshape(n, params.bands),
-        out.column("sig").combine_chunks().values.to_numpy().reshape(n, params.num_perm),
-        shingles.values.to_numpy()[offsets[0]:offsets[-1]], offsets - offsets[0],
-    )
 
 
 # --- candidates, verification, clusters ------------------------------------------------------

@@ -157,9 +157,21 @@ def test_missing_inputs_are_stage_not_ready(make_run):
         run_curate(run)
 
 
-def test_curate_with_ray_signatures(make_run, ray_local):
-    run = make_run(dedup={"use_ray": True, "batch_size": 4}, decontam={"enabled": False})
+def test_curate_on_ray_end_to_end_and_its_sharded_index(make_run, ray_local, tmp_path):
+    index_dir = tmp_path / "shared_index"
+    ray_cfg = {"use_ray": True, "batch_size": 4, "index_dir": str(index_dir)}
+    run = make_run(dedup=ray_cfg, decontam={"enabled": False})
     base = [review() for _ in range(10)]
     write_shards(run, build_rows(base + [near_copy(base[4])]))
     s = run_curate(run)
     assert s["dedup"]["near_dropped"] == 1 and s["examples_out"] == 10
+    (segment,) = (index_dir / "segments").iterdir()
+    assert segment.is_dir()  # Ray Data's Parquet shards
+
+    # the sharded segment reads the same on either path; a local refresh drops against it
+    refresh = make_run("refresh", dedup={"index_dir": str(index_dir), "use_ray": False},
+                       decontam={"enabled": False})
+    new = [review() for _ in range(5)]
+    write_shards(refresh, build_rows([near_copy(base[0]), *new]))
+    s2 = run_curate(refresh)
+    assert s2["dedup"]["indexed_before"] == 10 and s2["dedup"]["near_against_index"] == 1

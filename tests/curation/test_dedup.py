@@ -1,4 +1,4 @@
-"""MinHash signatures vs datasketch, Ray Data dedup vs the datasketch oracle, exact Jaccard."""
+"""MinHash signatures vs datasketch, dedup vs the datasketch oracle, exact Jaccard."""
 
 from __future__ import annotations
 
@@ -69,15 +69,13 @@ def test_lsh_maths_matches_the_notes():
     assert candidate_probability(0.8, b, r) > 0.98  # why candidates are made below threshold
 
 
-def test_ray_dedup_equals_the_datasketch_oracle(ray_local):
+def test_dedup_equals_the_datasketch_oracle():
     from datasketch import LeanMinHash, MinHashLSH
 
     texts, planted = planted_corpus()
     b, r = lsh_params(0.6, 128)
     params = MinHashParams(bands=b, rows=r)
-    sigs = dd.signatures_ray(texts, params, batch_size=32)  # several blocks, several tasks
-    local = dd.signatures_local(texts, params)
-    assert np.array_equal(sigs.sig, local.sig) and np.array_equal(sigs.bands, local.bands)
+    sigs = local = dd.signatures_local(texts, params)
 
     # oracle: datasketch MinHashLSH with the same (b, r), fed datasketch MinHashes
     lsh = MinHashLSH(num_perm=128, params=(b, r))
