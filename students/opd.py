@@ -20,14 +20,13 @@ from distill.core.io import file_sha256, read_json
 from distill.core.messages import Message
 from distill.core.models import resolve
 from distill.core.rundir import Run, run_tags
-from students import card, data, modeling
+from students import card, data, memory, modeling
 from students.fit import TEMPLATE_SLACK, InputFitter
 from students.recipe import (
     TrainJob,
     checkpoint_step,
     common_args,
     last_checkpoint,
-    peak_memory_mb,
     run_job,
     world,
     write_summary,
@@ -172,13 +171,15 @@ def heldout_reverse_kl(student, teacher, tokenizer, chats: list[list[Message]],
 # --- training ---------------------------------------------------------------------------------
 
 
-def trl_args(job: TrainJob, where: modeling.Placement):
+def trl_args(job: TrainJob, where: modeling.Placement, longest: int):
+    """`longest`: tokens of the longest prompt + sampled answer (the micro-batch is chosen from
+    it; TRL samples the whole batch at once and trains on it micro-batch by micro-batch)."""
     from trl import DistillationConfig
 
     cfg = job.cfg
     opd = cfg.opd
     return DistillationConfig(
-        **common_args(job, opd, modeling.precision_args(where)),
+        **common_args(job, opd, modeling.precision_args(where), memory.batch_args(opd, longest)),
         beta=opd.beta,
         temperature=opd.temperature,
         max_completion_length=opd.max_new_tokens,
@@ -204,6 +205,7 @@ def train_worker(job: TrainJob) -> dict:
 
     from students.callbacks import MetricsLogger, install
 
+    peak = memory.PeakMemory().start()
     cfg = job.cfg
     opd = cfg.opd
     where = modeling.placement(cfg.student)
@@ -214,6 +216,9 @@ def train_worker(job: TrainJob) -> dict:
     chats = prompt_chats(Path(job.data_path), fitter, opd.max_new_tokens)
     heldout = (prompt_chats(job.paths.test_prompts, fitter, 0, limit=opd.heldout_prompts)
                if opd.heldout_prompts and job.paths.test_prompts.is_file() else [])
+    # The prompt's chat with its generation prompt, and every token the student may sample.
+    longest = opd.max_new_tokens + memory.longest_chat(tokenizer, chats, generation_prompt=True)
+    args = trl_args(job, where, longest)
     base = modeling.load_base(job.base_path, cfg.student, where)
     policy = PeftModel.from_pretrained(base, job.init_adapter, is_trainable=True)
     teacher = load_teacher(job.teacher_path, where)
@@ -222,7 +227,7 @@ def train_worker(job: TrainJob) -> dict:
     trainer = DistillationTrainer(
         model=policy,
         teacher_model=teacher,
-        args=trl_args(job, where),
+        args=args,
         train_dataset=data.to_dataset([{"example_id": str(i), "prompt": c}
                                        for i, c in enumerate(chats)]),
         processing_class=tokenizer,
@@ -260,7 +265,10 @@ def train_worker(job: TrainJob) -> dict:
         "quantization": cfg.student.quantization,
         "teacher": cfg.teacher.model,
         "beta": opd.beta,
-        **peak_memory_mb(),
+        "longest_row_tokens": longest,
+        "micro_batch": args.per_device_train_batch_size,
+        "grad_accum_steps": args.gradient_accumulation_steps,
+        **peak.summary(),
         "adapter": str(job.adapter_dir),
     }
     if rank == 0:
