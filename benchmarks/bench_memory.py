@@ -10,6 +10,7 @@ QLoRA nf4, LoRA r=16 on all linear layers, float32 compute, batch 8, a fixed num
 Arms:
   before   micro_batch_tokens: null (the old behaviour: 8 rows x 512 tokens in one forward)
   after    micro_batch_tokens at its default (2048: 4 rows per forward, 2 accumulated)
+  after_1024  micro_batch_tokens: 1024 (2 rows per forward, 4 accumulated)
   after_gc the default plus gradient_checkpointing (what it adds on top)
 
 Reported per arm: the stage's peak RSS (summary.json's stage_peak_rss_mb), the arm process's
@@ -45,6 +46,7 @@ NEWS = ("government minister announced tuesday economy markets inflation central
 ARMS = {
     "before": {"micro_batch_tokens": None},
     "after": {},
+    "after_1024": {"micro_batch_tokens": 1024},
     "after_gc": {"gradient_checkpointing": True},
 }
 
@@ -129,7 +131,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-seq-len", type=int, default=512)
-    p.add_argument("--arms", default="before,after")
+    p.add_argument("--arms", default="before,after,after_1024,after_gc")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--arm", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()

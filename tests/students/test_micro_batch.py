@@ -28,6 +28,8 @@ def test_batch_args_keep_the_effective_batch():
 
 
 def test_stage_peak_is_the_stages_own():
+    import torch  # noqa: F401  (imported before the stage, as in a training worker)
+
     if not memory.CLEAR_REFS.exists():
         pytest.skip("no /proc/self/clear_refs: the stage's peak falls back to the process's")
     earlier = bytearray(300 * 2**20)  # a peak before the stage

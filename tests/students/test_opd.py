@@ -100,6 +100,7 @@ def test_opd_lowers_heldout_reverse_kl(tmp_path, quantization):
                                    "train_loss", "steps", "seconds_per_step", "seconds")})
     before, after = summary["heldout_reverse_kl_before"], summary["heldout_reverse_kl_after"]
     assert summary["steps"] == OPD["max_steps"] and summary["heldout_prompts"] == 8
+    assert summary["stage_peak_rss_mb"] > 0 and summary["micro_batch"] == OPD["batch_size"]
     assert before > 0.05, "the noisy student should start away from its teacher"
     assert after < 0.9 * before, (before, after)
     assert (run_dir / "opd" / "adapter" / "adapter_config.json").is_file()
