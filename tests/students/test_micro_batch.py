@@ -28,7 +28,7 @@ def test_batch_args_keep_the_effective_batch():
 
 
 def test_stage_peak_is_the_stages_own():
-    import torch  # noqa: F401  (imported before the stage, as in a training worker)
+    pytest.importorskip("torch")  # imported before the stage starts, as in a training worker
 
     if not memory.CLEAR_REFS.exists():
         pytest.skip("no /proc/self/clear_refs: the stage's peak falls back to the process's")
@@ -59,8 +59,8 @@ def _tiny_llama(tokenizer):
 
 
 def _one_step(tokenizer, rows, tmp_path, per_device: int, accum: int):
-    """One optimizer step of TRL's SFTTrainer over the same 8 rows; its loss and weights."""
-    import torch
+    """One optimizer step of TRL's SFTTrainer over the same 8 rows: its logged loss and the
+    norm of its accumulated gradient."""
     from datasets import Dataset
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
@@ -74,15 +74,13 @@ def _one_step(tokenizer, rows, tmp_path, per_device: int, accum: int):
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer)
     trainer.train()
-    loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
-    return loss, torch.cat([p.detach().flatten() for p in model.parameters()])
+    logged = next(h for h in trainer.state.log_history if "loss" in h)
+    return logged["loss"], logged["grad_norm"]
 
 
 def test_micro_batches_train_the_same_step_as_the_whole_batch(tmp_path):
     """Rows of uneven length and answers of uneven length: the token-normalised loss of four
-    accumulated micro-batches is the whole batch's, and so is the update."""
-    import torch
-
+    accumulated micro-batches is the whole batch's, and so is the gradient."""
     from distill.core.models import resolve
     from students import modeling
 
@@ -90,7 +88,7 @@ def test_micro_batches_train_the_same_step_as_the_whole_batch(tmp_path):
     rows = [{"prompt": [{"role": "user", "content": "word " * (3 + 5 * i)}],
              "completion": [{"role": "assistant", "content": "yes " * (1 + i % 3)}]}
             for i in range(8)]
-    whole_loss, whole = _one_step(tokenizer, rows, tmp_path, per_device=8, accum=1)
-    micro_loss, micro = _one_step(tokenizer, rows, tmp_path, per_device=2, accum=4)
+    whole_loss, whole_grad = _one_step(tokenizer, rows, tmp_path, per_device=8, accum=1)
+    micro_loss, micro_grad = _one_step(tokenizer, rows, tmp_path, per_device=2, accum=4)
     assert micro_loss == pytest.approx(whole_loss, abs=1e-5)
-    assert torch.allclose(micro, whole, atol=1e-5)
+    assert micro_grad == pytest.approx(whole_grad, rel=1e-5)
