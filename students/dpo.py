@@ -73,7 +73,7 @@ def trl_args(job: TrainJob, where: modeling.Placement, longest: int):
 
     cfg = job.cfg
     # TRL runs a pair's chosen and rejected rows in one forward: two sequences per row.
-    batch = memory.batch_args(cfg.dpo, longest, sequences=2)
+    batch = memory.batch_args(cfg.dpo, longest, sequences=2, on_gpu=where.on_gpu)
     return TrlDPOConfig(
         **common_args(job, cfg.dpo, modeling.precision_args(where), batch),
         max_length=cfg.student.max_seq_len,

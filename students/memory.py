@@ -36,10 +36,23 @@ def micro_batch(batch_size: int, longest: int, budget_tokens: int | None,
     return max(fits, default=1)
 
 
-def batch_args(train: TrainConfig, longest: int, sequences: int = 1) -> dict[str, int]:
+# Measured (benchmarks/results/memory_cpu.md, 135M student): the step's peak grows ~3.4 MB per
+# padded token; 1024 tokens kept it under 5 GB at no loss of tokens/s. A GPU's throughput needs
+# the big batch, and its memory is the device's: there `auto` does not split.
+CPU_BUDGET_TOKENS = 1024
+
+
+def budget_tokens(train: TrainConfig, on_gpu: bool) -> int | None:
+    if train.micro_batch_tokens == "auto":
+        return None if on_gpu else CPU_BUDGET_TOKENS
+    return train.micro_batch_tokens
+
+
+def batch_args(train: TrainConfig, longest: int, sequences: int = 1,
+               on_gpu: bool = False) -> dict[str, int]:
     """TrainingArguments for `train.batch_size` rows per step (per device) when one forward
     holds at most `train.micro_batch_tokens` padded tokens: fewer rows, more accumulation."""
-    micro = micro_batch(train.batch_size, longest, train.micro_batch_tokens, sequences)
+    micro = micro_batch(train.batch_size, longest, budget_tokens(train, on_gpu), sequences)
     return {
         "per_device_train_batch_size": micro,
         "per_device_eval_batch_size": micro,

@@ -178,8 +178,9 @@ def trl_args(job: TrainJob, where: modeling.Placement, longest: int):
 
     cfg = job.cfg
     opd = cfg.opd
+    batch = memory.batch_args(opd, longest, on_gpu=where.on_gpu)
     return DistillationConfig(
-        **common_args(job, opd, modeling.precision_args(where), memory.batch_args(opd, longest)),
+        **common_args(job, opd, modeling.precision_args(where), batch),
         beta=opd.beta,
         temperature=opd.temperature,
         max_completion_length=opd.max_new_tokens,

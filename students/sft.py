@@ -57,8 +57,9 @@ def trl_args(job: TrainJob, where: modeling.Placement, longest: int):
     sft = cfg.sft
     # Packed rows are max_seq_len blocks, whatever the examples' lengths.
     rows = cfg.student.max_seq_len if sft.packing else longest
+    batch = memory.batch_args(sft, rows, on_gpu=where.on_gpu)
     return TrlSFTConfig(
-        **common_args(job, sft, modeling.precision_args(where), memory.batch_args(sft, rows)),
+        **common_args(job, sft, modeling.precision_args(where), batch),
         **_sampling(sft.group_by_length and not sft.packing),
         max_length=cfg.student.max_seq_len,
         packing=sft.packing,

@@ -20,11 +20,15 @@ def test_micro_batch_is_the_largest_divisor_that_fits():
 
 
 def test_batch_args_keep_the_effective_batch():
-    args = memory.batch_args(SFTConfig(batch_size=8, grad_accum=3), longest=512)
+    args = memory.batch_args(SFTConfig(batch_size=8, grad_accum=3, micro_batch_tokens=2048),
+                             longest=512)
     assert args["per_device_train_batch_size"] == 4
     assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] == 8 * 3
     off = memory.batch_args(SFTConfig(batch_size=8, micro_batch_tokens=None), longest=512)
     assert off["per_device_train_batch_size"] == 8 and off["gradient_accumulation_steps"] == 1
+    auto = SFTConfig(batch_size=8)  # "auto": a CPU's budget; a GPU's big batch stays whole
+    assert memory.batch_args(auto, longest=512)["per_device_train_batch_size"] == 2
+    assert memory.batch_args(auto, longest=512, on_gpu=True)["per_device_train_batch_size"] == 8
 
 
 def test_stage_peak_is_the_stages_own():
