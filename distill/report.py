@@ -566,6 +566,7 @@ def student_costs(summaries: dict, models: dict) -> dict[str, dict]:
     out = {}
     if "student_sft" in models and sft:
         out["student_sft"] = {"teacher_tokens": generated, "seconds": sft.get("seconds"),
+                              "peak_rss_mb": _peak(sft),
                               "data": f"{sft.get('train_examples', '?')} teacher examples"}
     if "student_dpo" in models and sft and dpo:
         on_policy = dpo.get("pairs_from") == "on_policy"
@@ -573,27 +574,38 @@ def student_costs(summaries: dict, models: dict) -> dict[str, dict]:
             "teacher_tokens": generated,
             "seconds": _sum(sft.get("seconds"), dpo.get("seconds"),
                             policy.get("seconds") if on_policy else 0),
+            "peak_rss_mb": _peak(sft, dpo),
             "data": f"{dpo.get('pairs', '?')} " + (
                 f"on-policy pairs ({policy.get('samples', '?')} student samples)" if on_policy
                 else "teacher pairs")}
     if "student_opd" in models and sft and opd:
         out["student_opd"] = {"teacher_tokens": generated + (opd.get("train_tokens") or 0),
                               "seconds": _sum(sft.get("seconds"), opd.get("seconds")),
+                              "peak_rss_mb": _peak(sft, opd),
                               "data": f"{opd.get('steps', '?')} steps of student samples "
                                       f"scored by the teacher"}
     return out
+
+
+def _peak(*summaries: dict) -> float | None:
+    """The highest training-stage peak RSS among these stages (None when one did not record
+    it: a run made before stages measured their own peak)."""
+    peaks = [s.get("stage_peak_rss_mb") for s in summaries]
+    return None if any(p is None for p in peaks) else max(peaks)
 
 
 def _sum(*values) -> float | None:
     return None if any(v is None for v in values) else round(sum(values), 1)
 
 
-STUDENT_COST_HEADER = ["student", "teacher tokens", "training seconds (incl. SFT)", "trained on"]
+STUDENT_COST_HEADER = ["student", "teacher tokens", "training seconds (incl. SFT)",
+                       "training peak RSS MB", "trained on"]
 
 
 def student_cost_rows(report: dict) -> list[list[str]]:
     return [[LABELS.get(name, name), f"{c['teacher_tokens']:,}", _fmt(c["seconds"], "{:.0f}"),
-             c["data"]] for name, c in (report.get("student_costs") or {}).items()]
+             _fmt(c.get("peak_rss_mb"), "{:,.0f}"), c["data"]]
+            for name, c in (report.get("student_costs") or {}).items()]
 
 
 def _rule_line(report: dict) -> str:

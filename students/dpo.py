@@ -18,14 +18,13 @@ from distill.core.errors import StageNotReadyError
 from distill.core.io import file_sha256, read_json
 from distill.core.models import resolve
 from distill.core.rundir import Run, run_tags
-from students import card, data, modeling
+from students import card, data, memory, modeling
 from students.fit import training_fitter
 from students.recipe import (
     TrainJob,
     checkpoint_step,
     common_args,
     last_checkpoint,
-    peak_memory_mb,
     run_job,
     world,
     write_summary,
@@ -68,12 +67,15 @@ def run_dpo(run: Run) -> dict:
     return summary
 
 
-def trl_args(job: TrainJob, where: modeling.Placement):
+def trl_args(job: TrainJob, where: modeling.Placement, longest: int):
+    """`longest`: tokens of the longest prompt + answer (the micro-batch is chosen from it)."""
     from trl import DPOConfig as TrlDPOConfig
 
     cfg = job.cfg
+    # TRL runs a pair's chosen and rejected rows in one forward: two sequences per row.
+    batch = memory.batch_args(cfg.dpo, longest, sequences=2, on_gpu=where.on_gpu)
     return TrlDPOConfig(
-        **common_args(job, cfg.dpo, modeling.precision_args(where)),
+        **common_args(job, cfg.dpo, modeling.precision_args(where), batch),
         max_length=cfg.student.max_seq_len,
         beta=cfg.dpo.beta,
         loss_type=[t.strip() for t in cfg.dpo.loss_type.split(",")],
@@ -87,6 +89,7 @@ def train_worker(job: TrainJob) -> dict:
 
     from students.callbacks import MetricsLogger, install
 
+    peak = memory.PeakMemory().start()
     cfg = job.cfg
     where = modeling.placement(cfg.student)
     rank, world_size = world()
@@ -96,12 +99,16 @@ def train_worker(job: TrainJob) -> dict:
     fitter = training_fitter(cfg, tokenizer, data.answers(Path(job.data_path), "chosen",
                                                           "rejected"), sft_budget)
     pairs = data.dpo_records(Path(job.data_path), cfg.task, fitter)
+    longest = memory.longest_chat(
+        tokenizer, [p["prompt"] + p[side] for p in pairs for side in ("chosen", "rejected")],
+        cfg.student.max_seq_len)
+    args = trl_args(job, where, longest)
     base = modeling.load_base(job.base_path, cfg.student, where)
     policy = PeftModel.from_pretrained(base, job.init_adapter, is_trainable=True)
     trainer = DPOTrainer(
         model=policy,
         ref_model=None,  # TRL copies the starting adapter to a frozen "ref" adapter
-        args=trl_args(job, where),
+        args=args,
         train_dataset=data.to_dataset(pairs),
         processing_class=tokenizer,
     )
@@ -134,7 +141,10 @@ def train_worker(job: TrainJob) -> dict:
         "quantization": cfg.student.quantization,
         "beta": cfg.dpo.beta,
         "loss_type": cfg.dpo.loss_type,
-        **peak_memory_mb(),
+        "longest_row_tokens": longest,
+        "micro_batch": args.per_device_train_batch_size,
+        "grad_accum_steps": args.gradient_accumulation_steps,
+        **peak.summary(),
         "adapter": str(job.adapter_dir),
     }
     if rank == 0:

@@ -32,14 +32,13 @@ from distill.core.io import file_sha256, read_json
 from distill.core.messages import Message
 from distill.core.models import resolve
 from distill.core.rundir import Run, run_tags
-from students import card, data, modeling
+from students import card, data, memory, modeling
 from students.fit import TEMPLATE_SLACK, InputFitter
 from students.recipe import (
     TrainJob,
     checkpoint_step,
     common_args,
     last_checkpoint,
-    peak_memory_mb,
     run_job,
     world,
     write_summary,
@@ -331,14 +330,17 @@ def bucket_kl(s_lp, t_lp) -> float:
 # --- training ---------------------------------------------------------------------------------
 
 
-def trl_args(job: TrainJob, where: modeling.Placement):
+def trl_args(job: TrainJob, where: modeling.Placement, longest: int):
+    """`longest`: tokens of the longest prompt + sampled answer (the micro-batch is chosen from
+    it; TRL samples the whole batch at once and trains on it micro-batch by micro-batch)."""
     from trl import DistillationConfig
     from trl.experimental.server_distillation import ServerDistillationConfig
 
     cfg = job.cfg
     opd = cfg.opd
+    batch = memory.batch_args(opd, longest, on_gpu=where.on_gpu)
     common = dict(
-        **common_args(job, opd, modeling.precision_args(where)),
+        **common_args(job, opd, modeling.precision_args(where), batch),
         beta=opd.beta,
         temperature=opd.temperature,
         max_completion_length=opd.max_new_tokens,
@@ -365,14 +367,13 @@ def gold_args(job: TrainJob, common: dict):
                       max_length=job.cfg.student.max_seq_len)
 
 
-def make_trainer(job: TrainJob, where: modeling.Placement, policy, tokenizer, chats):
+def make_trainer(job: TrainJob, where: modeling.Placement, policy, tokenizer, chats, args):
     """TRL's trainer for the scoring mode, and what the held-out measure scores with: the
     in-process teacher, or the client of the served one."""
     from trl import DistillationTrainer
     from trl.experimental.server_distillation import ServerDistillationTrainer
 
     dataset = data.to_dataset([{"example_id": str(i), "prompt": c} for i, c in enumerate(chats)])
-    args = trl_args(job, where)
     if job.teacher_url is not None:
         trainer = ServerDistillationTrainer(model=policy, args=args, train_dataset=dataset,
                                             processing_class=tokenizer)
@@ -427,6 +428,7 @@ def train_worker(job: TrainJob) -> dict:
 
     from students.callbacks import MetricsLogger, install
 
+    peak = memory.PeakMemory().start()
     cfg = job.cfg
     opd = cfg.opd
     where = modeling.placement(cfg.student)
@@ -437,9 +439,12 @@ def train_worker(job: TrainJob) -> dict:
     chats = prompt_chats(Path(job.data_path), fitter, opd.max_new_tokens)
     heldout = (prompt_chats(job.paths.test_prompts, fitter, 0, limit=opd.heldout_prompts)
                if opd.heldout_prompts and job.paths.test_prompts.is_file() else [])
+    # The prompt's chat with its generation prompt, and every token the student may sample.
+    longest = opd.max_new_tokens + memory.longest_chat(tokenizer, chats, generation_prompt=True)
+    args = trl_args(job, where, longest)
     base = modeling.load_base(job.base_path, cfg.student, where)
     policy = PeftModel.from_pretrained(base, job.init_adapter, is_trainable=True)
-    trainer, scorer = make_trainer(job, where, policy, tokenizer, chats)
+    trainer, scorer = make_trainer(job, where, policy, tokenizer, chats, args)
     kl_before = heldout_kl(job, policy, scorer, tokenizer, heldout)
     modeling.keep_adapter_dtype(trainer.model, where)
     logger = MetricsLogger(job.metrics_path, "opd", world_size)
@@ -477,7 +482,10 @@ def train_worker(job: TrainJob) -> dict:
         "quantization": cfg.student.quantization,
         "teacher": cfg.teacher.model,
         "beta": opd.beta,
-        **peak_memory_mb(),
+        "longest_row_tokens": longest,
+        "micro_batch": args.per_device_train_batch_size,
+        "grad_accum_steps": args.gradient_accumulation_steps,
+        **peak.summary(),
         "adapter": str(job.adapter_dir),
     }
     if rank == 0:

@@ -1,5 +1,5 @@
-"""What SFT and DPO share: the job description that travels to workers, training arguments,
-checkpoints and resume, peak memory, and running a job here or on N Ray Train workers.
+"""What SFT, DPO and OPD share: the job description that travels to workers, training
+arguments, checkpoints and resume, and running a job here or on N Ray Train workers.
 
 A job is plain data (the resolved config and paths), so one function trains in this process
 and, unchanged, inside every worker of a Ray Train `TorchTrainer`.
@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import re
-import resource
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -105,17 +104,17 @@ def report_to() -> list[str]:
     return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
 
 
-def common_args(job: TrainJob, train: TrainConfig, precision: dict[str, Any]) -> dict[str, Any]:
-    """TrainingArguments shared by the SFT, DPO and distillation configs of TRL."""
+def common_args(job: TrainJob, train: TrainConfig, precision: dict[str, Any],
+                batch: dict[str, int]) -> dict[str, Any]:
+    """TrainingArguments shared by the SFT, DPO and distillation configs of TRL; `batch`: rows
+    per forward and accumulation (`students.memory.batch_args`)."""
     if report_to():
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(job.stage_dir / "tensorboard"))
     return {
         "output_dir": str(job.checkpoints),
         "num_train_epochs": train.epochs,
         "max_steps": train.max_steps,
-        "per_device_train_batch_size": train.batch_size,
-        "per_device_eval_batch_size": train.batch_size,
-        "gradient_accumulation_steps": train.grad_accum,
+        **batch,
         "learning_rate": train.learning_rate,
         "warmup_steps": train.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         "lr_scheduler_type": train.lr_scheduler,
@@ -136,17 +135,6 @@ def common_args(job: TrainJob, train: TrainConfig, precision: dict[str, Any]) ->
         "dataloader_num_workers": 0,
         **precision,
     }
-
-
-def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory of this process, and peak GPU memory allocated by torch."""
-    import torch
-
-    # ru_maxrss is in KiB on Linux.
-    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if torch.cuda.is_available():
-        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return out
 
 
 def set_threads(cpus: float) -> None:

@@ -13,14 +13,13 @@ from pathlib import Path
 from distill.core.io import file_sha256
 from distill.core.models import resolve
 from distill.core.rundir import Run, run_tags
-from students import card, data, modeling
+from students import card, data, memory, modeling
 from students.fit import training_fitter
 from students.recipe import (
     TrainJob,
     checkpoint_step,
     common_args,
     last_checkpoint,
-    peak_memory_mb,
     run_job,
     world,
     write_summary,
@@ -50,13 +49,17 @@ def run_sft(run: Run) -> dict:
     return summary
 
 
-def trl_args(job: TrainJob, where: modeling.Placement):
+def trl_args(job: TrainJob, where: modeling.Placement, longest: int):
+    """`longest`: tokens of the longest training row (the micro-batch is chosen from it)."""
     from trl import SFTConfig as TrlSFTConfig
 
     cfg = job.cfg
     sft = cfg.sft
+    # Packed rows are max_seq_len blocks, whatever the examples' lengths.
+    rows = cfg.student.max_seq_len if sft.packing else longest
+    batch = memory.batch_args(sft, rows, on_gpu=where.on_gpu)
     return TrlSFTConfig(
-        **common_args(job, sft, modeling.precision_args(where)),
+        **common_args(job, sft, modeling.precision_args(where), batch),
         **_sampling(sft.group_by_length and not sft.packing),
         max_length=cfg.student.max_seq_len,
         packing=sft.packing,
@@ -83,6 +86,7 @@ def train_worker(job: TrainJob) -> dict:
 
     from students.callbacks import MetricsLogger, install
 
+    peak = memory.PeakMemory().start()
     cfg = job.cfg
     where = modeling.placement(cfg.student)
     rank, world_size = world()
@@ -90,10 +94,13 @@ def train_worker(job: TrainJob) -> dict:
     fitter = training_fitter(cfg, tokenizer, data.answers(Path(job.data_path), "target"))
     records = data.sft_records(Path(job.data_path), cfg.task, fitter)
     train_rows, val_rows = data.split(records, cfg.sft.val_fraction, cfg.seed)
+    longest = memory.longest_chat(tokenizer, [r["prompt"] + r["completion"] for r in records],
+                                  cfg.student.max_seq_len)
+    args = trl_args(job, where, longest)
     model = modeling.load_base(job.base_path, cfg.student, where)
     trainer = SFTTrainer(
         model=model,
-        args=trl_args(job, where),
+        args=args,
         train_dataset=data.to_dataset(train_rows),
         eval_dataset=data.to_dataset(val_rows) if val_rows else None,
         processing_class=tokenizer,
@@ -130,7 +137,10 @@ def train_worker(job: TrainJob) -> dict:
         "dtype": where.dtype_name,
         "quantization": cfg.student.quantization,
         "packing": cfg.sft.packing,
-        **peak_memory_mb(),
+        "longest_row_tokens": longest,
+        "micro_batch": args.per_device_train_batch_size,
+        "grad_accum_steps": args.gradient_accumulation_steps,
+        **peak.summary(),
         "adapter": str(job.adapter_dir),
     }
     if rank == 0:

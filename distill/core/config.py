@@ -13,7 +13,7 @@ import json
 import re
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
@@ -467,7 +467,7 @@ class StudentConfig(Section):
 
 
 class TrainConfig(Section):
-    """Shared by SFT and DPO."""
+    """Shared by SFT, DPO and OPD."""
 
     enabled: bool = True
     epochs: float = Field(1.0, gt=0)
@@ -479,6 +479,11 @@ class TrainConfig(Section):
     save_steps: int = Field(50, gt=0)
     logging_steps: int = Field(5, gt=0)
     gradient_checkpointing: bool = False
+    micro_batch_tokens: Annotated[int, Field(gt=0)] | Literal["auto"] | None = Field(
+        "auto", description="most padded tokens in one forward/backward (rows x longest row): "
+        "a batch of longer rows trains in micro-batches with gradient accumulation (same "
+        "effective batch and loss, bounded memory); auto: 1024 on a CPU, no split on a GPU; "
+        "null: never split")
     workers: int = Field(1, gt=0, description=">1: Ray Train TorchTrainer with N workers")
     save_total_limit: int = Field(2, gt=0, description="checkpoints kept under <stage>/checkpoints")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name")

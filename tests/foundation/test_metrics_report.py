@@ -234,16 +234,21 @@ def test_opd_and_on_policy_dpo_students_sit_side_by_side_with_what_each_took(tmp
             "student_opd": {"accuracy": _est(0.79)}}}))
     manifest = {"run_id": "r2", "config": {"task": {"name": "t"}}, "summaries": {
         "generate": {"prompt_tokens": 9000, "completion_tokens": 1000, "wall_s": 100},
-        "sft": {"seconds": 200.0, "train_examples": 90},
+        "sft": {"seconds": 200.0, "train_examples": 90, "stage_peak_rss_mb": 4100.0},
         "policy_pairs": {"seconds": 30.0, "samples": 360, "pairs": 40},
-        "dpo": {"seconds": 50.0, "pairs": 40, "pairs_from": "on_policy"},
-        "opd": {"seconds": 120.0, "steps": 20, "train_tokens": 4000}}}
+        "dpo": {"seconds": 50.0, "pairs": 40, "pairs_from": "on_policy",
+                "stage_peak_rss_mb": 3900.0},
+        "opd": {"seconds": 120.0, "steps": 20, "train_tokens": 4000,
+                "stage_peak_rss_mb": 6200.0}}}
     report = build_report(tmp_path, manifest, CFG)
     assert set(report["models"]) == {"teacher", "student_base", "student_sft", "student_dpo",
                                      "student_opd"}
     made = report["student_costs"]
     assert made["student_sft"] == {"teacher_tokens": 10000, "seconds": 200.0,
-                                   "data": "90 teacher examples"}
+                                   "peak_rss_mb": 4100.0, "data": "90 teacher examples"}
+    # the highest peak of the stages a student is made by
+    assert made["student_dpo"]["peak_rss_mb"] == 4100.0
+    assert made["student_opd"]["peak_rss_mb"] == 6200.0
     assert made["student_dpo"]["seconds"] == 280.0 and made["student_dpo"]["teacher_tokens"] == 10000
     assert made["student_dpo"]["data"] == "40 on-policy pairs (360 student samples)"
     assert made["student_opd"]["teacher_tokens"] == 14000 and made["student_opd"]["seconds"] == 320.0
@@ -253,8 +258,8 @@ def test_opd_and_on_policy_dpo_students_sit_side_by_side_with_what_each_took(tmp
                      "OPD training"]
     md = render_markdown(report)
     assert "| student SFT+OPD | 0.790 [0.770, 0.810]" in md
-    assert "| student SFT+OPD | 14,000 | 320 | 20 steps of student samples scored by the " \
-           "teacher |" in md
+    assert "| student SFT+OPD | 14,000 | 320 | 6,200 | 20 steps of student samples scored by " \
+           "the teacher |" in md
     assert 'id="students"' in render_html(report, {})
 
 

@@ -172,6 +172,7 @@ def check_opd_lowers_heldout_kl(tmp_path, path, scoring: str) -> None:
     assert summary["steps"] == steps and summary["heldout_prompts"] == 8
     assert summary["teacher_scoring"] == scoring
     assert ("top-20" in summary["heldout_measure"]) == (scoring == "server")
+    assert summary["stage_peak_rss_mb"] > 0 and summary["micro_batch"] == cfg.opd.batch_size
     assert before > 0.05, "the noisy student should start away from its teacher"
     assert after < 0.9 * before, (before, after)
     assert (run_dir / "opd" / "adapter" / "adapter_config.json").is_file()

@@ -29,8 +29,10 @@ def sft_run(tmp_path_factory):
     """One QLoRA SFT run shared by the SFT, DPO and export tests."""
     from distill.pipeline import run_stage
 
+    # A token budget below batch x longest row: the batch of 4 trains in micro-batches.
     run = build_run(tmp_path_factory.mktemp("sft") / "run", n=40,
-                    sft={"max_steps": 8, "save_steps": 4, "logging_steps": 2})
+                    sft={"max_steps": 8, "save_steps": 4, "logging_steps": 2,
+                         "micro_batch_tokens": 128})
     summary = run_stage(run, "sft")
     return run, summary
 
@@ -47,7 +49,9 @@ def test_qlora_sft_lowers_heldout_loss(sft_run):
     assert "eval_loss_after" in card
     lines = read_metrics(run.dir / "sft" / "metrics.jsonl")
     assert any("tokens_per_s" in line and line["tokens_per_s"] > 0 for line in lines)
-    assert summary["tokens_per_s"] > 0 and summary["peak_rss_mb"] > 0
+    assert summary["tokens_per_s"] > 0
+    assert 0 < summary["stage_peak_rss_mb"] <= summary["process_peak_rss_mb"]
+    assert summary["micro_batch"] < 4 and summary["micro_batch"] * summary["grad_accum_steps"] == 4
     assert run.manifest["models"]["student"]["adapter"] == str(adapter)
     assert last_checkpoint(run.dir / "sft" / "checkpoints").name == "checkpoint-8"
 
@@ -59,6 +63,7 @@ def test_dpo_raises_reward_margin(sft_run):
     write_pairs(run.dir, n=24)
     summary = run_dpo(run)
     assert summary["steps"] == 8 and summary["pairs"] == 24
+    assert summary["stage_peak_rss_mb"] > 0 and summary["micro_batch"] == 4  # DPO's own budget
     assert summary["reward_margin_last"] > summary["reward_margin_first"] + 0.05, summary
     assert summary["reward_accuracy_last"] >= summary["reward_accuracy_first"]
     adapter = run.dir / "dpo" / "adapter"
