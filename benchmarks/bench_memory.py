@@ -25,13 +25,14 @@ import argparse
 import json
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import arm_runner  # noqa: E402  (benchmarks/arm_runner.py)
 sys.path.insert(0, str(ROOT))
 
 # A newswire-like vocabulary: long, varied words (about 1.3 tokens each).
@@ -113,13 +114,7 @@ def arm(args, name: str) -> dict:
 
 
 def run_arm(name: str, argv: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--arm", name, *argv], capture_output=True,
-                          text=True, cwd=ROOT)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("ARM_RESULT "):
-            return json.loads(line[len("ARM_RESULT "):])
-    sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
-    raise SystemExit(f"arm {name} failed (exit {proc.returncode})")
+    return arm_runner.run_arm(__file__, name, argv, ROOT)
 
 
 def main() -> None:

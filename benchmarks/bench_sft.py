@@ -23,13 +23,14 @@ import json
 import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import arm_runner  # noqa: E402  (benchmarks/arm_runner.py)
 sys.path.insert(0, str(ROOT))
 
 WORDS = ("the film story acting cast plot scene music camera director script pace humour drama "
@@ -217,13 +218,7 @@ def build_random_llama(size: str, tokenizer_dir: Path, out: Path) -> Path:
 
 
 def run_arm(name: str, argv: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--arm", name, *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("ARM_RESULT "):
-            return json.loads(line[len("ARM_RESULT "):])
-    sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
-    raise SystemExit(f"arm {name} failed (exit {proc.returncode})")
+    return arm_runner.run_arm(__file__, name, argv, ROOT)
 
 
 def main() -> None:
