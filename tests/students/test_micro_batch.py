@@ -95,4 +95,6 @@ def test_micro_batches_train_the_same_step_as_the_whole_batch(tmp_path):
     whole_loss, whole_grad = _one_step(tokenizer, rows, tmp_path, per_device=8, accum=1)
     micro_loss, micro_grad = _one_step(tokenizer, rows, tmp_path, per_device=2, accum=4)
     assert micro_loss == pytest.approx(whole_loss, abs=1e-5)
-    assert micro_grad == pytest.approx(whole_grad, rel=1e-5)
+    # float32 sums in another order: 1.5e-5 apart (measured); the loss above is checked to 1e-5,
+    # so a wrong normalisation of the uneven micro-batches is caught there first
+    assert micro_grad == pytest.approx(whole_grad, rel=1e-4)
