@@ -203,6 +203,18 @@ def prompt_fitter(cfg: RunConfig, tokenizer, sft_budget: int | None) -> InputFit
 # --- the held-out measure --------------------------------------------------------------------
 
 
+@contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """The model in eval mode (no dropout) for a held-out measure, back in its mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
 def greedy_answers(student, tokenizer, chats: list[list[Message]], max_new_tokens: int):
     """(chat, prompt + greedy answer ids, prompt length) per chat that got an answer token."""
     import torch
@@ -236,18 +248,15 @@ def heldout_reverse_kl(student, teacher, tokenizer, chats: list[list[Message]],
     prompts it never trained on). None without any answer token."""
     import torch
 
-    was_training = student.training
-    student.eval()
     total, tokens = 0.0, 0
-    for _, out, n in greedy_answers(student, tokenizer, chats, max_new_tokens):
-        s = student_logprobs(student, out, n)
-        with torch.no_grad():
-            t = torch.log_softmax(teacher(input_ids=out.to(teacher.device)).logits[0, n - 1:-1]
-                                  .float().to(s.device), -1)
-        total += (s.exp() * (s - t)).sum().item()
-        tokens += out.shape[1] - n
-    if was_training:
-        student.train()
+    with eval_mode(student):
+        for _, out, n in greedy_answers(student, tokenizer, chats, max_new_tokens):
+            s = student_logprobs(student, out, n)
+            with torch.no_grad():
+                t = torch.log_softmax(teacher(input_ids=out.to(teacher.device)).logits[0, n - 1:-1]
+                                      .float().to(s.device), -1)
+            total += (s.exp() * (s - t)).sum().item()
+            tokens += out.shape[1] - n
     return round(total / tokens, 4) if tokens else None
 
 
@@ -262,27 +271,25 @@ def heldout_topk_reverse_kl(student, client, tokenizer, chats: list[list[Message
     lower bound of the full-vocabulary KL (tight when the teacher's top 20 hold its mass)."""
     import torch
 
-    was_training = student.training
-    student.eval()
-    answers = greedy_answers(student, tokenizer, chats, max_new_tokens)
-    if not answers:
-        return None
-    scored = client.get_sequence_logprobs(
-        sequences=[out[0].tolist() for _, out, _ in answers],
-        prompt_lengths=[n for _, _, n in answers], top_logprobs=HELDOUT_TOP_K)
-    total, tokens = 0.0, 0
-    for i, (_, out, n) in enumerate(answers):
-        s = student_logprobs(student, out, n)
-        for pos, (top_lp, top_ids, actual) in enumerate(zip(
-                scored["logprobs"][i], scored["logprob_token_ids"][i], scored["actual_logprobs"][i])):
-            support = {t: lp for t, lp in zip(top_ids, top_lp) if lp > float("-inf")}
-            support.setdefault(int(out[0, n + pos]), actual[0])
-            t_lp = torch.tensor(list(support.values()))
-            s_lp = s[pos, list(support)].cpu()
-            total += bucket_kl(s_lp, t_lp)
-            tokens += 1
-    if was_training:
-        student.train()
+    with eval_mode(student):  # dropout off for the sampling and the scored logprobs
+        answers = greedy_answers(student, tokenizer, chats, max_new_tokens)
+        if not answers:
+            return None
+        scored = client.get_sequence_logprobs(
+            sequences=[out[0].tolist() for _, out, _ in answers],
+            prompt_lengths=[n for _, _, n in answers], top_logprobs=HELDOUT_TOP_K)
+        total, tokens = 0.0, 0
+        for i, (_, out, n) in enumerate(answers):
+            s = student_logprobs(student, out, n)
+            for pos, (top_lp, top_ids, actual) in enumerate(zip(
+                    scored["logprobs"][i], scored["logprob_token_ids"][i],
+                    scored["actual_logprobs"][i])):
+                support = {t: lp for t, lp in zip(top_ids, top_lp) if lp > float("-inf")}
+                support.setdefault(int(out[0, n + pos]), actual[0])
+                t_lp = torch.tensor(list(support.values()))
+                s_lp = s[pos, list(support)].cpu()
+                total += bucket_kl(s_lp, t_lp)
+                tokens += 1
     return round(total / tokens, 4) if tokens else None
 
 
@@ -294,10 +301,10 @@ def heldout_teacher_nll(student, teacher, tokenizer, teacher_tokenizer,
     says more what the teacher would say). None without any answer."""
     import torch
 
-    was_training = student.training
-    student.eval()
     total, chars = 0.0, 0
-    for chat, out, n in greedy_answers(student, tokenizer, chats, max_new_tokens):
+    with eval_mode(student):
+        answers = greedy_answers(student, tokenizer, chats, max_new_tokens)
+    for chat, out, n in answers:
         answer = tokenizer.decode(out[0, n:], skip_special_tokens=True)
         if not answer.strip():
             continue
@@ -310,8 +317,6 @@ def heldout_teacher_nll(student, teacher, tokenizer, teacher_tokenizer,
             logp = torch.log_softmax(teacher(input_ids=ids).logits[0, len(p) - 1:-1].float(), -1)
         total -= logp.gather(-1, ids[0, len(p):, None]).sum().item()
         chars += len(answer)
-    if was_training:
-        student.train()
     return round(total / chars, 4) if chars else None
 
 
@@ -482,9 +487,7 @@ def train_worker(job: TrainJob) -> dict:
         "quantization": cfg.student.quantization,
         "teacher": cfg.teacher.model,
         "beta": opd.beta,
-        "longest_row_tokens": longest,
-        "micro_batch": args.per_device_train_batch_size,
-        "grad_accum_steps": args.gradient_accumulation_steps,
+        **memory.batch_summary(longest, args),
         **peak.summary(),
         "adapter": str(job.adapter_dir),
     }
