@@ -141,9 +141,7 @@ def train_worker(job: TrainJob) -> dict:
         "quantization": cfg.student.quantization,
         "beta": cfg.dpo.beta,
         "loss_type": cfg.dpo.loss_type,
-        "longest_row_tokens": longest,
-        "micro_batch": args.per_device_train_batch_size,
-        "grad_accum_steps": args.gradient_accumulation_steps,
+        **memory.batch_summary(longest, args),
         **peak.summary(),
         "adapter": str(job.adapter_dir),
     }

@@ -60,6 +60,12 @@ def batch_args(train: TrainConfig, longest: int, sequences: int = 1,
     }
 
 
+def batch_summary(longest: int, args) -> dict[str, int]:
+    """What a stage's summary says of its batching: the longest row and the split chosen."""
+    return {"longest_row_tokens": longest, "micro_batch": args.per_device_train_batch_size,
+            "grad_accum_steps": args.gradient_accumulation_steps}
+
+
 def longest_chat(tokenizer, chats: list[list[dict]], cap: int | None = None,
                  generation_prompt: bool = False) -> int:
     """Tokens of the longest chat (template included), at most `cap` (TRL cuts there)."""

@@ -137,9 +137,7 @@ def train_worker(job: TrainJob) -> dict:
         "dtype": where.dtype_name,
         "quantization": cfg.student.quantization,
         "packing": cfg.sft.packing,
-        "longest_row_tokens": longest,
-        "micro_batch": args.per_device_train_batch_size,
-        "grad_accum_steps": args.gradient_accumulation_steps,
+        **memory.batch_summary(longest, args),
         **peak.summary(),
         "adapter": str(job.adapter_dir),
     }
