@@ -3,6 +3,8 @@ step as the whole batch, and the stage's own peak memory."""
 
 from __future__ import annotations
 
+import mmap
+
 import pytest
 
 from distill.core.config import SFTConfig
@@ -31,20 +33,28 @@ def test_batch_args_keep_the_effective_batch():
     assert memory.batch_args(auto, longest=512, on_gpu=True)["per_device_train_batch_size"] == 8
 
 
+def _touched_mapping(mb: int) -> mmap.mmap:
+    """`mb` MiB of fresh anonymous memory, every page written (so resident)."""
+    region = mmap.mmap(-1, mb * 2**20)
+    for offset in range(0, len(region), mmap.PAGESIZE):
+        region[offset] = 1
+    return region
+
+
 def test_stage_peak_is_the_stages_own():
     pytest.importorskip("torch")  # imported before the stage starts, as in a training worker
 
     if not memory.CLEAR_REFS.exists():
         pytest.skip("no /proc/self/clear_refs: the stage's peak falls back to the process's")
-    earlier = bytearray(300 * 2**20)  # a peak before the stage
-    earlier[:: 4096] = b"x" * len(earlier[:: 4096])
-    del earlier
+    # Fresh anonymous mappings, not bytearrays: after the suite's earlier tests the allocator
+    # can hand a bytearray memory that is already resident (seen in CI), which adds no RSS.
+    earlier = _touched_mapping(300)  # a peak before the stage
+    earlier.close()
     peak = memory.PeakMemory().start()
     at_start = memory._status_kb("VmRSS") / 1024
-    during = bytearray(64 * 2**20)
-    during[:: 4096] = b"x" * len(during[:: 4096])
+    during = _touched_mapping(64)
     got = peak.summary()
-    del during
+    during.close()
     assert peak.own
     assert got["stage_peak_rss_mb"] >= at_start + 60, got  # the stage's allocation counts
     # ... and the larger one before the stage does not (it stays in the process's figure)
