@@ -13,6 +13,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Event
 from typing import Callable, Iterator
 
 from distill.core.config import EndpointConfig, RunConfig, TaskConfig
@@ -82,20 +83,22 @@ def has_server(cfg: RunConfig, group: list[Contender]) -> bool:
 
 
 @contextmanager
-def served_group(run: Run, group: list[Contender]) -> Iterator[tuple[str, dict[str, str], str]]:
-    """The group's OpenAI-compatible server: (base_url, {contender: served name}, api key)."""
+def served_group(run: Run, group: list[Contender], cancel: Event | None = None
+                 ) -> Iterator[tuple[str, dict[str, str], str]]:
+    """The group's OpenAI-compatible server: (base_url, {contender: served name}, api key).
+    `cancel` (set from another thread) stops it while it is still starting."""
     from distill.engines import merged_student, served_merged, served_students, served_teacher
 
     cfg = run.cfg
     if group[0].role == "teacher":
-        server = served_teacher(cfg, run.paths.server_log("teacher"))
+        server = served_teacher(cfg, run.paths.server_log("teacher"), cancel)
     elif is_merged(cfg, group):
         c = group[0]
         server = served_merged(cfg, c.name, merged_student(run, c.adapter),
-                               run.paths.server_log(f"{c.name}_merged"))
+                               run.paths.server_log(f"{c.name}_merged"), cancel)
     else:
         server = served_students(cfg, {c.name: c.adapter for c in group if c.adapter},
-                                 run.paths.server_log("student"))
+                                 run.paths.server_log("student"), cancel)
     with server as served:
         yield served
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from threading import Event
 from typing import Callable, Iterator
 
 from distill.core.config import RunConfig
@@ -107,7 +108,8 @@ def chat(generator: Generator, max_tokens: int, seed: int = 0) -> Callable[[list
 
 
 @contextmanager
-def served_teacher(cfg: RunConfig, log: Path) -> Iterator[ServedModel]:
+def served_teacher(cfg: RunConfig, log: Path, cancel: Event | None = None
+                   ) -> Iterator[ServedModel]:
     """The teacher behind an OpenAI-compatible API: its own endpoint, or `vllm serve` with the
     teacher's engine settings (a `transformers` teacher is served by vLLM: that backend has
     no server)."""
@@ -122,12 +124,13 @@ def served_teacher(cfg: RunConfig, log: Path) -> Iterator[ServedModel]:
     engine_kwargs = vllm_engine_kwargs(cfg.teacher) if cfg.teacher.backend == "vllm" else {}
     with vllm_server(teacher_source(cfg.teacher).path, served_name="teacher",
                      max_model_len=cfg.teacher.max_model_len, dtype=cfg.teacher.dtype,
-                     extra_args=serve_flags(engine_kwargs), log_path=log) as url:
+                     extra_args=serve_flags(engine_kwargs), log_path=log, cancel=cancel) as url:
         yield url, {"teacher": "teacher"}, "unused"
 
 
 @contextmanager
-def served_students(cfg: RunConfig, adapters: dict[str, Path], log: Path) -> Iterator[ServedModel]:
+def served_students(cfg: RunConfig, adapters: dict[str, Path], log: Path,
+                    cancel: Event | None = None) -> Iterator[ServedModel]:
     """The base student plus every adapter (vLLM LoRA) on one server."""
     from teachers.serve import vllm_server
 
@@ -135,15 +138,16 @@ def served_students(cfg: RunConfig, adapters: dict[str, Path], log: Path) -> Ite
     with vllm_server(resolve(cfg.student.model).path, served_name="student_base",
                      max_model_len=student_max_len(cfg),
                      lora_modules={n: str(p) for n, p in adapters.items()} or None,
-                     max_lora_rank=cfg.student.lora.r, log_path=log) as url:
+                     max_lora_rank=cfg.student.lora.r, log_path=log, cancel=cancel) as url:
         yield url, names, "unused"
 
 
 @contextmanager
-def served_merged(cfg: RunConfig, name: str, path: Path, log: Path) -> Iterator[ServedModel]:
+def served_merged(cfg: RunConfig, name: str, path: Path, log: Path,
+                  cancel: Event | None = None) -> Iterator[ServedModel]:
     """A merged student (the base with an adapter folded in) on its own server."""
     from teachers.serve import vllm_server
 
     with vllm_server(str(path), served_name=name, max_model_len=student_max_len(cfg),
-                     log_path=log) as url:
+                     log_path=log, cancel=cancel) as url:
         yield url, {name: name}, "unused"

@@ -33,6 +33,7 @@ from distill.core.messages import teacher_messages
 from distill.core.io import read_json, write_json_atomic, write_parquet_atomic
 from distill.latency import measure_contender, saved_measure
 from distill.core.rundir import Run
+from distill.server_queue import ServerQueue
 from distill.stats import compare
 
 MAIN_METRIC = metrics.MAIN_METRIC
@@ -96,19 +97,33 @@ def _requests(cfg: RunConfig, c: Contender, examples, general: list[forgetting.I
     return requests
 
 
-def _answer_all(run: Run, group: list[Contender], examples,
-                general: list[forgetting.Item], seconds: Counter) -> dict[str, dict]:
-    """Greedy answers of the contenders of one engine group; each saved as soon as it ends,
-    and not asked again on a rerun. They are asked on the group's server; when bench is on
-    (and this is seed 0, whose students bench measures), latency is measured on that same
-    server before it stops, so bench need not start it again. `seconds` adds up where the
-    time went (server start, task answers, forgetting check, latency)."""
+def _saved_answers(run: Run, group: list[Contender], general: list[forgetting.Item]
+                   ) -> dict[str, dict]:
+    """Answers saved by an earlier run for this group; not asked again. Students' answers
+    saved for another forgetting item list (older code, other items) are dropped."""
     cached = {c.name: read_json(run.paths.eval_answers(c.name)) for c in group
               if run.paths.eval_answers(c.name).exists()}
-    # answers saved for another forgetting item list (older code, other items) are asked again
     students = {c.name for c in group if c.role == "student"}
-    cached = {name: a for name, a in cached.items()
-              if name not in students or len(a.get("general", [])) == len(general)}
+    return {name: a for name, a in cached.items()
+            if name not in students or len(a.get("general", [])) == len(general)}
+
+
+def _overlap_starts(cfg: RunConfig) -> bool:
+    from teachers.vllm_engine import has_gpu
+
+    setting = cfg.eval.overlap_server_starts
+    return not has_gpu() if setting == "auto" else setting
+
+
+def _answer_all(run: Run, group: list[Contender], cached: dict[str, dict], examples,
+                general: list[forgetting.Item], servers: ServerQueue,
+                seconds: Counter) -> dict[str, dict]:
+    """Greedy answers of the contenders of one engine group; each saved as soon as it ends.
+    They are asked on the group's server (from `servers`, which may have started it while the
+    group before answered); when bench is on (and this is seed 0, whose students bench
+    measures), latency is measured on that same server before it stops, so bench need not
+    start it again. `seconds` adds up where the time went (waiting for the server to start,
+    task answers, forgetting check, latency)."""
     todo = [c for c in group if c.name not in cached]
     if not todo:
         return cached
@@ -116,7 +131,7 @@ def _answer_all(run: Run, group: list[Contender], examples,
         return _answer_in_process(run, todo, examples, general, cached, seconds)
     bench = run.cfg.bench.enabled and run.seed_index == 0
     start = time.perf_counter()
-    with served_group(run, group) as served:
+    with servers.serve(group) as served:
         seconds["server_start"] += time.perf_counter() - start
         for c in todo:
             cached[c.name] = _answers(run, served_generator(run.cfg, served, c), c, examples,
@@ -127,6 +142,23 @@ def _answer_all(run: Run, group: list[Contender], examples,
                 measure_contender(run, served, c)
         seconds["latency"] += time.perf_counter() - start
     return cached
+
+
+def _answer_groups(run: Run, everyone: list[Contender], examples,
+                   general: list[forgetting.Item], seconds: Counter) -> dict[str, dict]:
+    """Every contender's answers, group by group; the servers of the groups that still have
+    questions to answer start one ahead (`eval.overlap_server_starts`)."""
+    cfg = run.cfg
+    groups = engine_groups(cfg, everyone)
+    saved = [_saved_answers(run, g, general) for g in groups]
+    to_serve = [g for g, done in zip(groups, saved)
+                if len(done) < len(g) and has_server(cfg, g)]
+    answers: dict[str, dict] = {}
+    with ServerQueue(lambda g, cancel: served_group(run, g, cancel), to_serve,
+                     ahead=_overlap_starts(cfg)) as servers:
+        for group, done in zip(groups, saved):
+            answers.update(_answer_all(run, group, done, examples, general, servers, seconds))
+    return {c.name: answers[c.name] for c in everyone}
 
 
 def _answers(run: Run, generator, c: Contender, examples, general, seconds: Counter) -> dict:
@@ -261,11 +293,8 @@ def run_eval(run: Run) -> dict:
                                                    cfg.eval.forgetting_items)
     check_judge_key(cfg)
     everyone = contenders(run)
-    answers: dict[str, dict] = {}
     seconds: Counter = Counter()
-    for group in engine_groups(cfg, everyone):
-        answers.update(_answer_all(run, group, examples, general, seconds))
-    answers = {c.name: answers[c.name] for c in everyone}
+    answers = _answer_groups(run, everyone, examples, general, seconds)
 
     gold = [ex.label for ex in examples]
     reference = "gold"

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -74,9 +75,11 @@ def vllm_server(model_path: str, *, served_name: str = "model", max_model_len: i
                 dtype: str = "auto", lora_modules: dict[str, str] | None = None,
                 max_lora_rank: int = 16, extra_args: list[str] | None = None,
                 startup_timeout_s: float = 600.0, log_path: str | Path | None = None,
-                env: dict[str, str] | None = None) -> Iterator[str]:
+                env: dict[str, str] | None = None,
+                cancel: threading.Event | None = None) -> Iterator[str]:
     """Yield the base URL (`http://127.0.0.1:PORT/v1`) of a healthy server; stop it on exit.
-    `env`: extra variables for the server (VLLM_ALLOW_RUNTIME_LORA_UPDATING for `distill serve`)."""
+    `env`: extra variables for the server (VLLM_ALLOW_RUNTIME_LORA_UPDATING for `distill serve`).
+    `cancel`: set from another thread, it stops a server still starting (ServerError)."""
     port = free_port()
     cmd = serve_command(model_path, port, served_name=served_name, max_model_len=max_model_len,
                         dtype=dtype, lora_modules=lora_modules, max_lora_rank=max_lora_rank,
@@ -98,6 +101,8 @@ def vllm_server(model_path: str, *, served_name: str = "model", max_model_len: i
                 raise ServerError(f"vllm serve exited with code {proc.returncode}{where}")
             if time.monotonic() > deadline:
                 raise ServerError(f"vllm serve not healthy after {startup_timeout_s:.0f}s")
+            if cancel is not None and cancel.is_set():
+                raise ServerError("vllm serve: start cancelled")
             time.sleep(1.0)
         yield f"http://127.0.0.1:{port}/v1"
     finally:

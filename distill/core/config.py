@@ -608,6 +608,10 @@ class EvalConfig(Section):
     max_tokens: int | None = Field(
         None, gt=0, description="answer length for the task prompts (None: "
                                 "task.max_answer_tokens, else generate.max_tokens)")
+    overlap_server_starts: Literal["auto"] | bool = Field(
+        "auto", description="start the next model's server while the current one answers "
+                            "(two servers in memory at once); auto: on a CPU only, where a "
+                            "start is mostly imports on one core")
 
 
 class BenchConfig(Section):

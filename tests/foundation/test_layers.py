@@ -28,7 +28,7 @@ LAYER_OF = {
     "distill.stats": "libraries", "distill.packaged_data": "libraries",
     "distill.judge": "libraries",
     "distill.engines": "libraries", "distill.contenders": "libraries",
-    "distill.latency": "libraries",
+    "distill.latency": "libraries", "distill.server_queue": "libraries",
     "teachers": "libraries", "teachers.generate": "stages",
     "students": "libraries", "students.sft": "stages", "students.dpo": "stages",
     "students.opd": "stages",
