@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from contextlib import ExitStack
+from typing import TYPE_CHECKING, Callable
 
 import pyarrow as pa
 
@@ -35,6 +36,9 @@ from distill.latency import measure_contender, saved_measure
 from distill.core.rundir import Run
 from distill.server_queue import ServerQueue
 from distill.stats import compare
+
+if TYPE_CHECKING:
+    from distill.engines import ServedModel
 
 MAIN_METRIC = metrics.MAIN_METRIC
 
@@ -116,14 +120,15 @@ def _overlap_starts(cfg: RunConfig) -> bool:
 
 
 def _answer_all(run: Run, group: list[Contender], cached: dict[str, dict], examples,
-                general: list[forgetting.Item], servers: ServerQueue,
-                seconds: Counter) -> dict[str, dict]:
+                general: list[forgetting.Item], servers: ServerQueue, seconds: Counter,
+                after: Callable[[ServedModel, dict], None] | None = None) -> dict[str, dict]:
     """Greedy answers of the contenders of one engine group; each saved as soon as it ends.
     They are asked on the group's server (from `servers`, which may have started it while the
     group before answered); when bench is on (and this is seed 0, whose students bench
     measures), latency is measured on that same server before it stops, so bench need not
     start it again. `seconds` adds up where the time went (waiting for the server to start,
-    task answers, forgetting check, latency)."""
+    task answers, forgetting check, latency). `after(served, answers)` runs last, on the same
+    server, with the group's answers."""
     todo = [c for c in group if c.name not in cached]
     if not todo:
         return cached
@@ -141,24 +146,58 @@ def _answer_all(run: Run, group: list[Contender], cached: dict[str, dict], examp
             if saved_measure(run, c) is None:
                 measure_contender(run, served, c)
         seconds["latency"] += time.perf_counter() - start
+        if after is not None:
+            after(served, cached)
     return cached
 
 
 def _answer_groups(run: Run, everyone: list[Contender], examples,
-                   general: list[forgetting.Item], seconds: Counter) -> dict[str, dict]:
+                   general: list[forgetting.Item], seconds: Counter
+                   ) -> tuple[dict[str, dict], dict | None]:
     """Every contender's answers, group by group; the servers of the groups that still have
-    questions to answer start one ahead (`eval.overlap_server_starts`)."""
+    questions to answer start one ahead (`eval.overlap_server_starts`). Where the teacher's
+    vLLM server is also the judge (free-text tasks), the teacher answers last and the judge
+    asks that server before it stops: the judge's verdicts come back too (else None)."""
     cfg = run.cfg
     groups = engine_groups(cfg, everyone)
+    judge_on_teacher = _judges_on_teacher_server(cfg)
+    if judge_on_teacher:
+        groups = [g for g in groups if g[0].role != "teacher"] + \
+                 [g for g in groups if g[0].role == "teacher"]
     saved = [_saved_answers(run, g, general) for g in groups]
     to_serve = [g for g, done in zip(groups, saved)
                 if len(done) < len(g) and has_server(cfg, g)]
     answers: dict[str, dict] = {}
+    judged: list[dict | None] = [None]
+
+    def judge_here(served: ServedModel, teachers: dict[str, dict]) -> None:
+        from distill.engines import chat
+
+        start = time.perf_counter()
+        ask = chat(served_generator(cfg, served, everyone[0]), cfg.judge.max_tokens, cfg.seed)
+        everyones = {**answers, **teachers}
+        judged[0] = judge_students(run, examples, {c.name: everyones[c.name] for c in everyone},
+                                   has_gold(examples), ask)
+        seconds["judge"] += time.perf_counter() - start
+
     with ServerQueue(lambda g, cancel: served_group(run, g, cancel), to_serve,
                      ahead=_overlap_starts(cfg)) as servers:
         for group, done in zip(groups, saved):
-            answers.update(_answer_all(run, group, done, examples, general, servers, seconds))
-    return {c.name: answers[c.name] for c in everyone}
+            after = judge_here if judge_on_teacher and group[0].role == "teacher" else None
+            answers.update(_answer_all(run, group, done, examples, general, servers, seconds,
+                                       after=after))
+    return {c.name: answers[c.name] for c in everyone}, judged[0]
+
+
+def _judges_on_teacher_server(cfg: RunConfig) -> bool:
+    """Free-text eval judged by the teacher itself (no `judge.engine`), which eval serves on
+    vLLM anyway: the judge asks that server instead of starting the teacher again."""
+    return (cfg.task.type == "free_text" and cfg.judge.in_eval and cfg.judge.engine is None
+            and cfg.teacher.backend == "vllm" and not cfg.teacher.is_endpoint)
+
+
+def has_gold(examples) -> bool:
+    return all(ex.label is not None for ex in examples)
 
 
 def _answers(run: Run, generator, c: Contender, examples, general, seconds: Counter) -> dict:
@@ -231,10 +270,12 @@ def truncated(cfg: RunConfig, answers: dict[str, dict]) -> dict:
     return {"max_tokens": cfg.answer_tokens, "models": models}
 
 
-def judge_students(run: Run, examples, answers: dict[str, dict], has_gold: bool) -> dict | None:
+def judge_students(run: Run, examples, answers: dict[str, dict], has_gold: bool,
+                   ask: judge.Ask | None = None) -> dict | None:
     """Free-text tasks (`judge.in_eval`): every student contender against the teacher, by the
     pairwise judge (distill/judge.py), with the gold answer as reference where there is one.
-    The judge's engine is loaded only when a verdict is not saved yet."""
+    `ask`: the judge already running (the teacher's eval server); else the judge's engine is
+    loaded, and only when a verdict is not saved yet."""
     cfg = run.cfg
     if cfg.task.type != "free_text" or not cfg.judge.in_eval:
         return None
@@ -243,8 +284,9 @@ def judge_students(run: Run, examples, answers: dict[str, dict], has_gold: bool)
     refs = [ex.label if has_gold else None for ex in examples]
     teacher = answers["teacher"]["task"]
     results = {}
+    asked_on = "the teacher's eval server" if ask else "its own engine"
     with ExitStack() as stack:
-        ask = lazy_judge(cfg, stack)
+        ask = ask or lazy_judge(cfg, stack)
         for name, ans in answers.items():
             if name == "teacher":
                 continue
@@ -256,7 +298,8 @@ def judge_students(run: Run, examples, answers: dict[str, dict], has_gold: bool)
                                               cfg.seed)
     engine = cfg.judge.engine
     return {"judge": engine.model if engine else f"{cfg.teacher.model} (the teacher)",
-            "against": "teacher", "reference": "gold" if has_gold else "none",
+            "asked_on": asked_on, "against": "teacher",
+            "reference": "gold" if has_gold else "none",
             "rubric": cfg.judge.rubric, "models": results}
 
 
@@ -294,7 +337,7 @@ def run_eval(run: Run) -> dict:
     check_judge_key(cfg)
     everyone = contenders(run)
     seconds: Counter = Counter()
-    answers = _answer_groups(run, everyone, examples, general, seconds)
+    answers, judged = _answer_groups(run, everyone, examples, general, seconds)
 
     gold = [ex.label for ex in examples]
     reference = "gold"
@@ -315,7 +358,12 @@ def run_eval(run: Run) -> dict:
     summary = {"main_metric": MAIN_METRIC[cfg.task.type], "reference": reference,
                "examples": len(examples), "models": results, "general_ability": general_scores,
                "truncated": truncated(cfg, answers)}
-    if (judged := judge_students(run, examples, answers, reference == "gold")) is not None:
+    if judged is None:  # not judged on the teacher's server: the judge's own engine
+        start = time.perf_counter()
+        judged = judge_students(run, examples, answers, reference == "gold")
+        if judged is not None:
+            seconds["judge"] += time.perf_counter() - start
+    if judged is not None:
         summary["judge"] = judged
     tuned = [c.adapter.parent.name for c in everyone if c.adapter is not None]
     if tuned:

@@ -75,6 +75,9 @@ def test_free_text_task_end_to_end_with_the_judge(tmp_path):
     results = json.loads((out / "eval" / "results.json").read_text())
     assert results["examples"] == TEST_SIZE and results["main_metric"] == "rouge_l"
     judged = results["judge"]["models"]
+    # the teacher answered last and judged on its own eval server: no second teacher engine
+    assert results["judge"]["asked_on"] == "the teacher's eval server"
+    assert results["seconds"]["judge"] > 0
     # The 135M stand-in judge may tie every preference pair: DPO is then skipped, with why.
     dpo = manifest["summaries"]["dpo"]
     tuned = {"student_sft"} | (set() if dpo.get("skipped") else {"student_dpo"})
