@@ -6,6 +6,7 @@ User errors (DistillError) are printed as one message and exit with status 2, ne
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from functools import wraps
 from pathlib import Path
@@ -47,6 +48,21 @@ OverrideOpt = typer.Option(None, "--set", "-s", help="override a key: --set sft.
 ForceOpt = typer.Option(False, "--force", help="rerun even if the manifest says done")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `ray job stop`, `kill`), unwound like Ctrl-C: without it Python
+    dies at once, and the vLLM servers eval and serve start (each in its own session) live on."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises `Terminated` in the main thread, so every `with` block stops what it
+    started (servers, engines, Ray) on the way out."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def user_errors(func: Callable) -> Callable:
     @wraps(func)
     def wrapper(*args, **kwargs):
@@ -55,11 +71,12 @@ def user_errors(func: Callable) -> Callable:
         except DistillError as exc:
             err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
             raise typer.Exit(2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # Ctrl-C is a choice, not a crash: no traceback. Finished work is on disk.
-            err_console.print("interrupted: what was finished is saved; rerun the same "
+            how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            err_console.print(f"{how}: what was finished is saved; rerun the same "
                               "command to continue", highlight=False)
-            raise typer.Exit(130)
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
     return wrapper
 
 
@@ -71,6 +88,7 @@ def options(verbose: bool = typer.Option(
     """Teacher-student distillation: generate, curate, train, evaluate, report."""
     global VERBOSE
     VERBOSE = verbose
+    stop_on_sigterm()
 
 
 VERBOSE = False

@@ -120,3 +120,33 @@ def test_a_real_vllm_serve_start_is_cancelled_and_its_process_stopped(student_pa
     assert time.monotonic() - begin < 30  # not a whole start (~50 s on this CPU)
     left = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True).stdout
     assert not left.strip(), left
+
+
+def test_sigterm_unwinds_like_ctrl_c_so_started_servers_stop():
+    """A real SIGTERM to this process while a command runs: the `with` blocks run their exits
+    (what stops a started server) and the command ends with one line and status 143."""
+    import os
+    import signal
+
+    import typer
+
+    from distill import cli
+
+    stopped = []
+
+    @cli.user_errors
+    def command():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+        finally:
+            stopped.append("server")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        cli.stop_on_sigterm()
+        with pytest.raises(typer.Exit) as exit_:
+            command()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exit_.value.exit_code == 143 and stopped == ["server"]
