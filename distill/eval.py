@@ -15,6 +15,7 @@ also get a pairwise judge (distill/judge.py): each student against the teacher, 
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -112,11 +113,20 @@ def _saved_answers(run: Run, group: list[Contender], general: list[forgetting.It
             if name not in students or len(a.get("general", [])) == len(general)}
 
 
+# Measured on 2 cores (benchmarks/results/eval_overlap.md): the quickstart's eval took 394.5 s
+# overlapped and 392.9 s not: the waits for servers fell 148 -> 90 s, and the answers slowed by
+# as much, both servers sharing the same two cores. With a core to spare, the start's imports
+# run beside the answers (not measured here: no such machine).
+OVERLAP_MIN_CPUS = 4
+
+
 def _overlap_starts(cfg: RunConfig) -> bool:
     from teachers.vllm_engine import has_gpu
 
     setting = cfg.eval.overlap_server_starts
-    return not has_gpu() if setting == "auto" else setting
+    if setting == "auto":
+        return not has_gpu() and (os.cpu_count() or 1) >= OVERLAP_MIN_CPUS
+    return setting
 
 
 def _answer_all(run: Run, group: list[Contender], cached: dict[str, dict], examples,

@@ -3,11 +3,12 @@
 On a CPU, most of a vLLM server's start is three Python processes (API server, engine core,
 worker) importing torch and vLLM one after another: about 50 s for a 135M model on this
 2-core machine, on one core at a time. A serving vLLM worker computes with one torch thread.
-So eval starts group i+1's server in a thread while group i answers, and the wait shrinks to
-the part of the start that did not fit behind the answers. Two servers are alive at once,
-each with its own KV cache (`VLLM_CPU_KVCACHE_SPACE`) and weights: `eval.overlap_server_starts`
-turns this off where memory is short; `auto` overlaps on a CPU only (on one GPU, a second
-server would find the first one's memory reserved).
+So eval can start group i+1's server in a thread while group i answers, and the wait shrinks
+to the part of the start that did not fit behind the answers. Two servers are alive at once,
+each with its own KV cache (`VLLM_CPU_KVCACHE_SPACE`) and weights. `eval.overlap_server_starts`
+`auto` overlaps on a CPU with 4 or more cores: on this 2-core machine the answers slowed by as
+much as the waits shrank (benchmarks/results/eval_overlap.md); on one GPU a second server
+would find the first one's memory reserved.
 """
 
 from __future__ import annotations

@@ -610,8 +610,8 @@ class EvalConfig(Section):
                                 "task.max_answer_tokens, else generate.max_tokens)")
     overlap_server_starts: Literal["auto"] | bool = Field(
         "auto", description="start the next model's server while the current one answers "
-                            "(two servers in memory at once); auto: on a CPU only, where a "
-                            "start is mostly imports on one core")
+                            "(two servers in memory at once); auto: on a CPU with 4 or more "
+                            "cores (on 2 cores it measured no faster)")
 
 
 class BenchConfig(Section):
