@@ -33,7 +33,7 @@ browser:
 	  || echo "warning: could not install chromium; the report browser test will fail"
 
 test: install browser
-	$(VENV)/bin/python -m pytest tests --durations=15
+	$(VENV)/bin/python -m pytest tests --durations=30
 
 clean-runs:
 	rm -rf runs
