@@ -11,9 +11,11 @@ rule; a test compares the kept sets), as Ray Data operations over any number of 
 3. verification: two shuffles by document id bring each pair's shingle sets together (a hash
    join written as union + repartition by key: Ray's own `join` needs polars, not installed);
    copies of a pair found in several bands meet in the first one and are dropped there;
-4. clusters: min-label propagation over the verified edges, one shuffle per round, until no
-   label changes (rounds ~ cluster diameter + 2, a handful for near-duplicate clusters). A
-   label is the keep rule's priority (`_priority`), so a cluster's winner is its minimum label.
+4. clusters: the verified pairs grow with the duplicates, not the documents, so up to
+   ONE_TASK_PAIRS candidates their connected components come from one Ray task (scipy);
+   above, min-label propagation, one shuffle per round, until no label changes (rounds ~
+   cluster diameter + 2). A label is the keep rule's priority (`_priority`), so a cluster's
+   winner is its minimum label.
 
 Document ids: the index's documents are 0..n_old-1 in index order, new ones n_old + position,
 the positions the local path uses, so ties break the same way in both.
@@ -33,6 +35,9 @@ _NEW_BIT = 62  # priority: (is_new << 62) | (rank << 32) | id; an indexed docume
 _RANK_MAX = (1 << 30) - 1
 _ID_MASK = (1 << 32) - 1
 _BAND_SALT = _U64(0x9E3779B97F4A7C15)  # puts the band number into the band key
+# Up to this many candidate pairs (40 bytes each; a few times that at the task's peak), their
+# clusters are found in one Ray task instead of label rounds: ~1 GB of worker memory at most.
+ONE_TASK_PAIRS = 4_000_000
 JOIN_SCHEMA_FIELDS = ("node", "other", "prio", "shingles")  # both sides of the id join
 
 
@@ -261,13 +266,16 @@ def _partitions(n_rows: int, per: int = 100_000) -> int:
 
 def near_dedup_ray(new, params: MinHashParams, threshold: float, keep: KeepRule, old=None,
                    n_old: int = 0, batch_size: int = 2048, max_rounds: int = 50,
-                   docs_out: bool = False) -> RayDedupResult:
+                   docs_out: bool = False, one_task_pairs: int | None = None) -> RayDedupResult:
     """Near-duplicate clusters of `new` (a Dataset of idx, text) and against `old`.
 
     `old`: the index as a Dataset of (id, bands, shingles, chars) with ids 0..n_old-1
     (`DiskIndex.read_ray`). Only new documents are ever dropped. `docs_out` keeps the
     documents' signatures in the result (held in the object store) for an index update.
+    `one_task_pairs`: up to this many candidate pairs, clusters in one Ray task, above it by
+    label rounds (default `ONE_TASK_PAIRS`; tests set 0 to run the rounds).
     """
+    one_task_pairs = ONE_TASK_PAIRS if one_task_pairs is None else one_task_pairs
     ds_new = new.map_batches(_new_docs, fn_kwargs={"params": params, "keep": keep,
                                                    "n_old": n_old},
                              batch_format="pyarrow", batch_size=batch_size)
@@ -288,51 +296,115 @@ def near_dedup_ray(new, params: MinHashParams, threshold: float, keep: KeepRule,
                   .map_batches(_attach_a_and_verify, batch_size=None, batch_format="pyarrow")
                   ).materialize()
     n_cand = candidates.count()
+    if not n_cand:
+        nodes, n_edges, stats, rounds = None, 0, {}, 0
+    elif n_cand <= one_task_pairs:
+        nodes, n_edges, stats = _clusters_in_task(candidates, threshold)
+        rounds = 0
+    else:
+        nodes, n_edges, stats, rounds = _clusters_by_rounds(candidates, threshold, n_cand,
+                                                            max_rounds)
+    stats = {"dropped": 0, "is_rep": 0, "against": 0, **stats}
+    return RayDedupResult(nodes, candidates, docs if docs_out else None, n_cand, n_edges // 2,
+                          stats["is_rep"], stats["dropped"], stats["against"], rounds)
+
+
+def _clusters_in_task(candidates, threshold: float):
+    """(nodes, directed edges, stats): the verified pairs' components in one Ray task.
+
+    Label rounds cost a Ray Data execution each (seconds of start-up, ~4 s on 2 CPUs even for
+    a few MB of edges); the verified pairs grow with the duplicates, not the corpus, so up to
+    `ONE_TASK_PAIRS` candidates they fit one worker. The driver holds only object refs.
+    """
+    import ray
+
+    task = ray.remote(num_returns=3)(_components_of_blocks)
+    table_ref, n_edges_ref, stats_ref = task.remote(threshold, *candidates.to_arrow_refs())
+    n_edges, stats = ray.get([n_edges_ref, stats_ref])
+    return (ray.data.from_arrow_refs([table_ref]) if n_edges else None), n_edges, stats
+
+
+def _components_of_blocks(threshold: float, *tables):
+    """Candidate blocks -> (node rows as `_finish` makes them, directed edges, stats)."""
+    import pyarrow as pa
+
+    from distill.curation.dedup import components
+
+    t = pa.concat_tables([x for x in tables if x.num_rows], promote_options="permissive")
+    e = _directed_edges({k: t.column(k).to_numpy() for k in ("a", "b", "j", "pa", "pb")},
+                        threshold)
+    if not len(e["u"]):
+        return None, 0, {}
+    ids, u = np.unique(e["u"], return_inverse=True)  # every node is some edge's u
+    v = np.searchsorted(ids, e["v"])
+    comp = components(len(ids), np.stack([u, v], axis=1))
+    prio = np.empty(len(ids), np.int64)
+    prio[u] = e["pu"]
+    low = np.full(int(comp.max()) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(low, comp, prio)  # a cluster's label: its best priority, as the rounds reach
+    nodes = _finish({**e, "lu": low[comp[u]]})
+    return pa.table(nodes), len(e["u"]), _counts(nodes)
+
+
+def _counts(nodes) -> dict[str, int]:
+    d = nodes["dropped"]
+    return {"dropped": int(d.sum()), "is_rep": int(nodes["is_rep"].sum()),
+            "against": int((d & nodes["rep_indexed"]).sum())}
+
+
+def _clusters_by_rounds(candidates, threshold: float, n_cand: int, max_rounds: int):
+    """(nodes, directed edges, stats, rounds): min-label propagation, one shuffle per round."""
     edges = candidates.map_batches(_directed_edges, fn_kwargs={"threshold": threshold},
-                                   batch_format="numpy").materialize()
-    n_edges = edges.count()
-    rounds = 0
-    edge_parts = _partitions(n_edges)
-    while n_edges:
+                                   batch_format="numpy")
+    edge_parts = _partitions(2 * n_cand)  # directed edges: at most two per candidate
+    rounds, n_edges = 0, None
+    while n_edges != 0:  # the first round also counts the edges (no execution of its own)
         rounds += 1
         edges = (edges.repartition(edge_parts, keys=["u"])
                  .map_batches(_propagate, batch_size=None, batch_format="numpy")).materialize()
-        if not _column_sum(edges, "changed"):
+        n_edges = edges.count()
+        if not _block_sums(edges, ("changed",))["changed"]:
             break
         if rounds >= max_rounds:
             raise RuntimeError(f"dedup clusters: labels still changing after {rounds} rounds")
         edges = edges.drop_columns(["changed"])
-    nodes = None
-    stats = {"dropped": 0, "is_rep": 0, "against": 0}
-    if n_edges:
-        nodes = (edges.repartition(edge_parts, keys=["lu"])
-                 .map_batches(_finish, batch_size=None, batch_format="numpy")).materialize()
-        stats = _node_stats(nodes)
-    return RayDedupResult(nodes, candidates, docs if docs_out else None, n_cand, n_edges // 2,
-                          stats["is_rep"],
-                          stats["dropped"], stats["against"], rounds)
+    if not n_edges:
+        return None, 0, {}, rounds
+    nodes = (edges.repartition(edge_parts, keys=["lu"])
+             .map_batches(_finish, batch_size=None, batch_format="numpy")).materialize()
+    return nodes, n_edges, _block_sums(nodes, ("dropped", "is_rep", "against")), rounds
 
 
-def _block_counts(batch):
-    d = batch["dropped"]
-    return {"dropped": [int(d.sum())], "is_rep": [int(batch["is_rep"].sum())],
-            "against": [int((d & batch["rep_indexed"]).sum())]}
+def _block_sums(ds, columns: tuple[str, ...]) -> dict[str, int]:
+    """Column sums of a materialized Dataset: one small Ray task per block, ints back.
+
+    A Ray Data aggregate (or a map + take_all) would start a whole execution, seconds each
+    on a small cluster, once per label round; plain tasks on the blocks take milliseconds.
+    """
+    import ray
+
+    task = ray.remote(num_cpus=0.5)(_sum_block)
+    refs = [task.remote(ref, columns) for ref in ds.to_arrow_refs()]
+    totals = dict.fromkeys(columns, 0)
+    for part in ray.get(refs):
+        for k, v in part.items():
+            totals[k] += v
+    return totals
 
 
-def _node_stats(nodes) -> dict[str, int]:
-    # One row per block back to the driver: `Dataset.sum` would shuffle (aggregator actors)
-    rows = nodes.map_batches(_block_counts, batch_size=None, batch_format="numpy").take_all()
-    return {k: sum(int(r[k]) for r in rows) for k in ("dropped", "is_rep", "against")}
+def _sum_block(table, columns):
+    import pyarrow.compute as pc
 
-
-def _block_sum(batch, column: str):
-    return {"n": [int(batch[column].sum())]}
-
-
-def _column_sum(ds, column: str) -> int:
-    rows = ds.map_batches(_block_sum, fn_kwargs={"column": column}, batch_size=None,
-                          batch_format="numpy").take_all()
-    return sum(int(r["n"]) for r in rows)
+    out = dict.fromkeys(columns, 0)
+    if table.num_rows == 0:
+        return out
+    for k in columns:
+        if k == "against":  # dropped documents whose cluster's winner was indexed earlier
+            mask = pc.and_(table.column("dropped"), table.column("rep_indexed"))
+        else:
+            mask = table.column(k)
+        out[k] = int(pc.sum(pc.cast(mask, "int64")).as_py() or 0)
+    return out
 
 
 def texts_dataset(texts, batch_size: int = 2048):

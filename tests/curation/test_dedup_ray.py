@@ -6,7 +6,7 @@ import numpy as np
 
 from distill.curation import dedup as dd
 from distill.curation.dedup_index import DiskIndex, IndexedDocs
-from distill.curation.dedup_ray import near_dedup_ray, texts_dataset
+from distill.curation.dedup_ray import _clusters_in_task, near_dedup_ray, texts_dataset
 from distill.curation.minhash import MinHashParams, exact_key, lsh_params
 
 
@@ -59,7 +59,7 @@ def test_ray_path_keeps_what_the_local_path_keeps(ray_local, tmp_path):
     new = docs.take(np.arange(n_old, len(texts)))
     local = dd.near_dedup(new, None, 0.8, "longest", old)
     res = near_dedup_ray(texts_dataset(texts[n_old:], 256), params, 0.8, "longest", old_ds,
-                         n_old, batch_size=256)
+                         n_old, batch_size=256, one_task_pairs=0)  # the label rounds
     nodes = res.nodes.to_pandas()
     dropped = nodes[nodes["dropped"]]
     assert set(dropped["id"] - n_old) == {d.index for d in local.dropped}
@@ -68,6 +68,15 @@ def test_ray_path_keeps_what_the_local_path_keeps(ray_local, tmp_path):
     assert (res.candidate_pairs, res.verified_pairs, res.clusters, res.against_index) == (
         local.candidate_pairs, local.verified_pairs, local.clusters, local.against_index)
     assert res.rounds >= 3 and local.against_index > 0 and len(local.dropped) > 300
+
+    # the default below ONE_TASK_PAIRS: the same clusters from one task, on the same candidates
+    one, n_edges, stats = _clusters_in_task(res.candidates, 0.8)
+    assert n_edges == 2 * res.verified_pairs
+    assert (stats["is_rep"], stats["dropped"], stats["against"]) == (
+        res.clusters, len(local.dropped), res.against_index)
+    cols = ["id", "rep", "size", "j", "nb", "dropped", "is_rep", "rep_indexed"]
+    assert one.to_pandas()[cols].sort_values("id").reset_index(drop=True).equals(
+        nodes[cols].sort_values("id").reset_index(drop=True))
 
 
 def _table(docs: IndexedDocs):
