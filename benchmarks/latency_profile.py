@@ -88,10 +88,12 @@ def _median(xs) -> float:
 
 
 def served(path: str, dtype: str, prompts, env: dict, extra: list[str], log: str) -> dict:
+    start = time.perf_counter()
     with vllm_server(path, served_name="m", max_model_len=512, dtype=dtype, extra_args=extra,
                      log_path=log, env=env) as url:
+        startup_s = time.perf_counter() - start
         decode, bench = asyncio.run(_served_run(url, prompts, 5))
-    return {"per_token_ms": _median([(d["ms"] - d["ttft_ms"]) / (d["tokens"] - 1)
+    return {"startup_s": round(startup_s, 1),"per_token_ms": _median([(d["ms"] - d["ttft_ms"]) / (d["tokens"] - 1)
                                      for d in decode]),
             "decode_ttft_ms": _median([d["ttft_ms"] for d in decode]),
             "bench_p50_ms": _median([b["ms"] for b in bench]),
