@@ -36,10 +36,11 @@ def cpu_serve_dtype(lora: bool) -> str:
     bfloat16 where the CPU has bf16 dot products (AVX512_BF16 or AMX): it halves the weight
     bytes a decode step streams, and decode on a CPU is bound by memory bandwidth. Measured on
     the 2-core AMD EPYC with AVX512_BF16 (benchmarks/results/latency_profile.md, concurrency 1):
-    SmolLM2-135M 49.8 -> 34.9 ms per token, p50 154 -> 96 ms; Qwen2.5-Coder-0.5B 126 -> 68 ms
-    per token, p50 312 -> 214 ms. Greedy answers: see that file. float32 elsewhere (bf16 falls
-    back to slow kernels) and with LoRA adapters (vLLM's CPU LoRA kernels in bf16: not
-    measured). Only the served path: in-process generation (training data) stays float32.
+    SmolLM2-135M 49.8 -> 32-38 ms per token, p50 150 -> 88-110 ms; Qwen2.5-Coder-0.5B 120-126
+    -> 69-75 ms per token, p50 312-391 -> 183-189 ms (two runs each). 97-99% of greedy answers
+    identical, accuracy within a point. float32 on other CPUs (no fast bf16 kernels) and with
+    LoRA adapters (vLLM's CPU LoRA kernels in bf16: not measured). Only the served path:
+    in-process generation (training data) stays float32.
     """
     import torch
 
