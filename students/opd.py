@@ -96,9 +96,14 @@ def teacher_server(cfg: RunConfig, log: Path) -> Iterator[str]:
     if cfg.teacher.is_endpoint:
         yield cfg.teacher.endpoint.base_url
         return
+    from teachers.vllm_engine import CPU_DTYPE, has_gpu
+
     engine_kwargs = vllm_engine_kwargs(cfg.teacher) if cfg.teacher.backend == "vllm" else {}
+    # Its logprobs are the training signal: on a CPU they stay float32, as in-process scoring,
+    # not the bf16 that `vllm serve` gets there for latency.
+    dtype = CPU_DTYPE if cfg.teacher.dtype == "auto" and not has_gpu() else cfg.teacher.dtype
     with vllm_server(teacher_source(cfg.teacher).path, served_name="teacher",
-                     max_model_len=cfg.teacher.max_model_len, dtype=cfg.teacher.dtype,
+                     max_model_len=cfg.teacher.max_model_len, dtype=dtype,
                      extra_args=serve_flags(engine_kwargs), log_path=log) as url:
         yield url
 

@@ -23,8 +23,8 @@ from typing import Iterator
 
 from distill.core.errors import DistillError
 from distill.core.logs import own_log_env
-from teachers.vllm_engine import (CPU_DTYPE, CPU_ENGINE_DEFAULTS, cpu_batched_tokens, cpu_engine_env,
-                                  has_gpu)
+from teachers.vllm_engine import (CPU_ENGINE_DEFAULTS, cpu_batched_tokens, cpu_engine_env,
+                                  cpu_serve_dtype, has_gpu)
 
 
 class ServerError(DistillError):
@@ -54,7 +54,7 @@ def serve_command(model_path: str, port: int, *, served_name: str, max_model_len
             cmd += ["--no-enable-chunked-prefill",
                     "--max-num-batched-tokens", str(cpu_batched_tokens(max_model_len))]
         if dtype == "auto":
-            dtype = CPU_DTYPE
+            dtype = cpu_serve_dtype(lora=bool(lora_modules))
     cmd += ["--dtype", dtype]
     if lora_modules:
         cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--lora-modules"]

@@ -210,7 +210,9 @@ class TeacherConfig(Section):
     cpus_per_replica: float = Field(1.0, gt=0)
     batch_size: int = Field(64, gt=0, description="prompts per Ray Data batch")
     max_model_len: int = Field(2048, gt=0)
-    dtype: str = "auto"
+    dtype: str = Field("auto", description="auto: vLLM's choice on a GPU; on a CPU float32, "
+                                           "but bfloat16 for `vllm serve` (eval, bench) where "
+                                           "the CPU has AVX512_BF16 or AMX")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM")
     endpoint: EndpointConfig | None = None
     max_restarts: int = Field(

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(student_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "vllm.log"
-    with vllm_server(student_path, served_name="student", max_model_len=256,
+    # float32 as OPD's own scoring server (students/opd.py): the OPD test below scores on it.
+    with vllm_server(student_path, served_name="student", max_model_len=256, dtype="float32",
                      log_path=log) as url:
         yield url
 

@@ -77,3 +77,25 @@ def test_sampling_json_leaves_out_the_per_row_seed():
     spec = SamplingSpec(n=3, seed=5)
     assert "seed" not in json.loads(spec.to_json()) and spec.with_seed(9).seed == 9
 
+
+
+def test_served_dtype_on_a_cpu_is_bf16_only_with_bf16_instructions_and_no_lora(monkeypatch):
+    import torch
+
+    from teachers import serve
+
+    # The CPU's instruction set can't be changed here: its two probes are replaced.
+    monkeypatch.setattr(serve, "has_gpu", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+
+    def dtype(bf16: bool, **kw) -> str:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16)
+        args = {"served_name": "m", "max_model_len": 512, "dtype": "auto", "lora_modules": None,
+                "max_lora_rank": 8, "extra_args": [], **kw}
+        cmd = serve.serve_command("/m", 1, **args)
+        return cmd[cmd.index("--dtype") + 1]
+
+    assert dtype(True) == "bfloat16"
+    assert dtype(False) == "float32"
+    assert dtype(True, lora_modules={"sft": "/a"}) == "float32"
+    assert dtype(True, dtype="float32") == "float32"
