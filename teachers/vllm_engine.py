@@ -46,6 +46,8 @@ def cpu_serve_dtype(lora: bool) -> str:
 
     bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return "bfloat16" if bf16 and not lora else CPU_DTYPE
+
+
 CPU_MIN_BATCHED_TOKENS = 4096
 
 
