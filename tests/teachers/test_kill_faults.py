@@ -61,7 +61,14 @@ def _start(config: Path, ray_tmp: Path) -> subprocess.Popen:
     env.update(RAY_TMPDIR=str(ray_tmp), PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "distill.cli", "generate", str(config)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # its own process group
+                            text=True, start_new_session=True,  # its own process group
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    # A suite started in the background of a non-interactive shell ignores SIGINT, and the
+    # child would inherit that (Python then installs no KeyboardInterrupt): as from a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _our_processes(ray_tmp: Path, title: str = "") -> list[int]:
