@@ -178,16 +178,18 @@ def _answer_groups(run: Run, everyone: list[Contender], examples,
     to_serve = [g for g, done in zip(groups, saved)
                 if len(done) < len(g) and has_server(cfg, g)]
     answers: dict[str, dict] = {}
-    judged: list[dict | None] = [None]
+    judged: dict | None = None
 
     def judge_here(served: ServedModel, teachers: dict[str, dict]) -> None:
         from distill.engines import chat
 
+        nonlocal judged
         start = time.perf_counter()
-        ask = chat(served_generator(cfg, served, everyone[0]), cfg.judge.max_tokens, cfg.seed)
+        teacher = next(c for c in everyone if c.role == "teacher")
+        ask = chat(served_generator(cfg, served, teacher), cfg.judge.max_tokens, cfg.seed)
         everyones = {**answers, **teachers}
-        judged[0] = judge_students(run, examples, {c.name: everyones[c.name] for c in everyone},
-                                   has_gold(examples), ask)
+        judged = judge_students(run, examples, {c.name: everyones[c.name] for c in everyone},
+                                has_gold(examples), ask)
         seconds["judge"] += time.perf_counter() - start
 
     with ServerQueue(lambda g, cancel: served_group(run, g, cancel), to_serve,
@@ -196,7 +198,7 @@ def _answer_groups(run: Run, everyone: list[Contender], examples,
             after = judge_here if judge_on_teacher and group[0].role == "teacher" else None
             answers.update(_answer_all(run, group, done, examples, general, servers, seconds,
                                        after=after))
-    return {c.name: answers[c.name] for c in everyone}, judged[0]
+    return {c.name: answers[c.name] for c in everyone}, judged
 
 
 def _judges_on_teacher_server(cfg: RunConfig) -> bool:
@@ -351,7 +353,7 @@ def run_eval(run: Run) -> dict:
 
     gold = [ex.label for ex in examples]
     reference = "gold"
-    if any(g is None for g in gold):
+    if not has_gold(examples):
         gold, reference = answers["teacher"]["task"], "teacher"  # no gold: agreement w/ teacher
     results, rows, parsed_by_model = {}, [], {}
     for name, ans in answers.items():

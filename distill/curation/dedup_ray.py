@@ -23,7 +23,9 @@ the positions the local path uses, so ties break the same way in both.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -346,6 +348,9 @@ def _components_of_blocks(threshold: float, *tables):
     return pa.table(nodes), len(e["u"]), _counts(nodes)
 
 
+NODE_COUNT_COLUMNS = ("dropped", "is_rep", "rep_indexed")  # what `_counts` reads
+
+
 def _counts(nodes) -> dict[str, int]:
     d = nodes["dropped"]
     return {"dropped": int(d.sum()), "is_rep": int(nodes["is_rep"].sum()),
@@ -363,7 +368,7 @@ def _clusters_by_rounds(candidates, threshold: float, n_cand: int, max_rounds: i
         edges = (edges.repartition(edge_parts, keys=["u"])
                  .map_batches(_propagate, batch_size=None, batch_format="numpy")).materialize()
         n_edges = edges.count()
-        if not _block_sums(edges, ("changed",))["changed"]:
+        if not _block_sums(edges, _changed, ("changed",))["changed"]:
             break
         if rounds >= max_rounds:
             raise RuntimeError(f"dedup clusters: labels still changing after {rounds} rounds")
@@ -372,39 +377,34 @@ def _clusters_by_rounds(candidates, threshold: float, n_cand: int, max_rounds: i
         return None, 0, {}, rounds
     nodes = (edges.repartition(edge_parts, keys=["lu"])
              .map_batches(_finish, batch_size=None, batch_format="numpy")).materialize()
-    return nodes, n_edges, _block_sums(nodes, ("dropped", "is_rep", "against")), rounds
+    return nodes, n_edges, _block_sums(nodes, _counts, NODE_COUNT_COLUMNS), rounds
 
 
-def _block_sums(ds, columns: tuple[str, ...]) -> dict[str, int]:
-    """Column sums of a materialized Dataset: one small Ray task per block, ints back.
+def _block_sums(ds, count: Callable[[dict], dict[str, int]], columns: tuple[str, ...]
+                ) -> dict[str, int]:
+    """`count` (numpy columns -> ints) summed over the blocks of a materialized Dataset: one
+    small Ray task per block, ints back (a Counter: 0 for a key no block had).
 
     A Ray Data aggregate (or a map + take_all) would start a whole execution, seconds each
     on a small cluster, once per label round; plain tasks on the blocks take milliseconds.
     """
     import ray
 
-    task = ray.remote(num_cpus=0.5)(_sum_block)
-    refs = [task.remote(ref, columns) for ref in ds.to_arrow_refs()]
-    totals = dict.fromkeys(columns, 0)
-    for part in ray.get(refs):
-        for k, v in part.items():
-            totals[k] += v
+    task = ray.remote(num_cpus=0.5)(_count_block)
+    totals: Counter = Counter()
+    for part in ray.get([task.remote(ref, count, columns) for ref in ds.to_arrow_refs()]):
+        totals.update(part)
     return totals
 
 
-def _sum_block(table, columns):
-    import pyarrow.compute as pc
-
-    out = dict.fromkeys(columns, 0)
+def _count_block(table, count, columns: tuple[str, ...]) -> dict[str, int]:
     if table.num_rows == 0:
-        return out
-    for k in columns:
-        if k == "against":  # dropped documents whose cluster's winner was indexed earlier
-            mask = pc.and_(table.column("dropped"), table.column("rep_indexed"))
-        else:
-            mask = table.column(k)
-        out[k] = int(pc.sum(pc.cast(mask, "int64")).as_py() or 0)
-    return out
+        return {}
+    return count({k: table.column(k).to_numpy(zero_copy_only=False) for k in columns})
+
+
+def _changed(edges) -> dict[str, int]:
+    return {"changed": int(edges["changed"].sum())}
 
 
 def texts_dataset(texts, batch_size: int = 2048):
