@@ -88,7 +88,6 @@ def options(verbose: bool = typer.Option(
     """Teacher-student distillation: generate, curate, train, evaluate, report."""
     global VERBOSE
     VERBOSE = verbose
-    stop_on_sigterm()
 
 
 VERBOSE = False
@@ -470,5 +469,12 @@ def schedule(config: Path = ConfigArg, overrides: Optional[list[str]] = Override
         console.print(f"wrote {p}")
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `distill` command. SIGTERM's handler is set here, not in the app's callback, so an
+    in-process caller (typer's CliRunner in tests, a notebook) keeps its own."""
+    stop_on_sigterm()
     app()
+
+
+if __name__ == "__main__":
+    main()

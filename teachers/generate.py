@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -320,8 +321,12 @@ def _consume(ds, writer: ShardWriter, stats: dict, todo: int, fault: dict) -> No
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    with tqdm(total=todo, unit="prompt", desc="generate", dynamic_ncols=True) as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    # closing(): on any exit (a failed batch, Ctrl-C) Ray Data's executor stops here and
+    # frees the engine actors, not whenever the traceback that holds the iterator is dropped.
+    batches = closing(iter(ds.iter_batches(batch_size=None, batch_format="pyarrow")))
+    with tqdm(total=todo, unit="prompt", desc="generate", dynamic_ncols=True) as bar, \
+            batches as stream:
+        for batch in stream:
             ok = batch.filter(pc.is_null(batch.column("error")))
             stats["prompt_tokens"] += pc.sum(ok.column("prompt_tokens")).as_py() or 0
             stats["completion_tokens"] += (

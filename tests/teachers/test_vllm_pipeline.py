@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def generated(ray_local, tmp_path_factory):
+def generated(ray_module, tmp_path_factory):
     texts = REVIEWS[:6] + [TOO_LONG] + REVIEWS[6:12]
     run = make_run(tmp_path_factory.mktemp("gen"), n=2, texts=texts,
                    generate={"logprobs": 2})
