@@ -14,7 +14,7 @@ Arms:
   after_2048_gc  2048 plus gradient_checkpointing (what checkpointing adds on top)
 
 Reported per arm: the stage's peak RSS (summary.json's stage_peak_rss_mb), the arm process's
-ru_maxrss, tokens/s of `trainer.train()`, and the loss of every step (logging_steps 1): the
+peak RSS (VmHWM), tokens/s of `trainer.train()`, and the loss of every step (logging_steps 1): the
 micro-batched loss is the same quantity (TRL divides by the tokens of the whole accumulated
 batch), so the per-step losses of the arms should agree to float rounding.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -99,6 +98,7 @@ def arm(args, name: str) -> dict:
     from distill.core.config import load_config
     from distill.core.rundir import Run
     from students.callbacks import read_metrics
+    from students.memory import own_peak_rss_mb
     from students.sft import run_sft
 
     rows = make_articles(args.examples, 0, args.words)
@@ -110,7 +110,7 @@ def arm(args, name: str) -> dict:
     keep = ("stage_peak_rss_mb", "micro_batch", "grad_accum_steps", "longest_row_tokens",
             "train_tokens", "tokens_per_s", "seconds")
     return {**{k: summary.get(k) for k in keep}, "step_losses": losses,
-            "arm_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "arm_peak_rss_mb": round(own_peak_rss_mb(), 1)}
 
 
 def run_arm(name: str, argv: list[str]) -> dict:

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -91,7 +90,9 @@ def write_run(run_dir: Path, args, rows: list[dict], packing: bool, quantization
 def peak_mb() -> dict:
     import torch
 
-    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    from students.memory import own_peak_rss_mb
+
+    out = {"peak_rss_mb": round(own_peak_rss_mb(), 1)}
     if torch.cuda.is_available():
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out

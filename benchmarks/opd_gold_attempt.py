@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import time
 from pathlib import Path
 
 import torch
 
 from distill.core.models import resolve
+from students.memory import own_peak_rss_mb
 
 SUBJECTS = ["The film", "This phone", "The hotel", "Our dinner", "The concert", "This book",
             "The service", "The update", "The course", "This game"]
@@ -133,7 +133,7 @@ def main() -> None:
         report["variants"].append(attempt(args, loss, student_path, teacher_path, tok, ttok,
                                           teacher, train_texts, held))
         print(json.dumps(report["variants"][-1], indent=2), flush=True)
-    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    report["peak_rss_mb"] = round(own_peak_rss_mb())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -91,8 +91,14 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def own_peak_rss_mb() -> float:
+    """This process's peak resident memory since its exec (VmHWM). Not ru_maxrss: Linux
+    carries that over fork and exec, so a child process reports at least its parent's peak
+    (a `distill` started by a harness that had built a large corpus, say)."""
+    hwm_kb = _status_kb("VmHWM")
+    if hwm_kb is not None:
+        return hwm_kb / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no procfs: KiB on Linux
 
 
 class PeakMemory:
@@ -106,7 +112,7 @@ class PeakMemory:
     def start(self) -> "PeakMemory":
         import torch
 
-        self.before_mb = _maxrss_mb()
+        self.before_mb = own_peak_rss_mb()
         try:
             CLEAR_REFS.write_text("5")  # resets VmHWM (and ru_maxrss) to the current RSS
             self.own = True
@@ -119,10 +125,9 @@ class PeakMemory:
     def summary(self) -> dict[str, float]:
         import torch
 
-        hwm_kb = _status_kb("VmHWM") if self.own else None
-        stage = hwm_kb / 1024 if hwm_kb is not None else _maxrss_mb()
+        stage = own_peak_rss_mb()  # the stage's own once the mark was reset at start()
         out = {"stage_peak_rss_mb": round(stage, 1),
-               "process_peak_rss_mb": round(max(self.before_mb, stage, _maxrss_mb()), 1)}
+               "process_peak_rss_mb": round(max(self.before_mb, stage), 1)}
         if torch.cuda.is_available():
             out["stage_peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         return out

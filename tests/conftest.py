@@ -3,7 +3,9 @@ packaged models."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import threading
 import time
 
 import pytest
@@ -16,9 +18,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture
 def ray_local():
     """A real local Ray (2 CPUs, no dashboard), shared by the tests that need one, and checked
-    before each: a Ray that no longer answers an actor's call, or whose CPUs a finished test
-    still holds, is started anew. (Once, after many tests in this process, a Ray Data pool's
-    actor stayed "pending" although Ray had created it, and every later run on it hung.)"""
+    before each: a Ray whose CPUs a finished test still holds, or that does not answer, is
+    started anew. Why: in CI, after many tests in this process, the driver stopped hearing
+    from Ray (a created actor stayed "pending"; a resource query blocked inside Ray's C++,
+    where no Python timeout reaches), and every later run on it hung."""
     yield _shared_ray()
 
 
@@ -31,9 +34,10 @@ def ray_module():
 def _shared_ray():
     import ray
 
-    if ray.is_initialized() and not _ray_is_healthy(ray):
-        print("\nconftest: the shared Ray did not answer or held CPUs; starting a new one")
-        ray.shutdown()
+    if ray.is_initialized() and not _bounded(_ray_is_healthy, 60):
+        print("\nconftest: the shared Ray held CPUs or did not answer; starting a new one")
+        if not _bounded(lambda: ray.shutdown() or True, 60):
+            pytest.fail("the shared in-process Ray is stuck (not even ray.shutdown returns)")
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         from ray.data import DataContext
@@ -42,17 +46,34 @@ def _shared_ray():
     return ray
 
 
-def _ray_is_healthy(ray, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
+def _bounded(check, timeout_s: float) -> bool:
+    """check() in a thread: False if it raised, returned falsy, or had not returned in time
+    (a call blocked in Ray's C++ cannot be interrupted; the daemon thread is left behind)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["ok"] = bool(check())
+        except Exception:
+            box["ok"] = False
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return box.get("ok", False)
+
+
+def _ray_is_healthy() -> bool:
+    import ray
+
+    deadline = time.monotonic() + 20
     while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.5)
     ping = ray.remote(_Ping).options(num_cpus=0).remote()
     try:
-        return ray.get(ping.ping.remote(), timeout=timeout_s)
-    except Exception:
-        return False
+        return ray.get(ping.ping.remote(), timeout=20)
     finally:
         ray.kill(ping)
 
@@ -60,6 +81,19 @@ def _ray_is_healthy(ray, timeout_s: float = 20.0) -> bool:
 class _Ping:
     def ping(self) -> bool:
         return True
+
+
+@pytest.fixture(autouse=True)
+def _hang_backstop(request):
+    """pytest-timeout interrupts a test with a signal, which a call blocked in C++ never sees;
+    past that timeout plus two minutes, print every thread's stack and end the run (exit 1)
+    instead of hanging until CI's own limit."""
+    marker = request.node.get_closest_marker("timeout")
+    seconds = float(marker.args[0] if marker and marker.args
+                    else request.config.getoption("timeout", None) or 900)
+    faulthandler.dump_traceback_later(seconds + 120, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -3,7 +3,9 @@ step as the whole batch, and the stage's own peak memory."""
 
 from __future__ import annotations
 
+import json
 import mmap
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +61,24 @@ def test_stage_peak_is_the_stages_own():
     assert got["stage_peak_rss_mb"] >= at_start + 60, got  # the stage's allocation counts
     # ... and the larger one before the stage does not (it stays in the process's figure)
     assert got["process_peak_rss_mb"] > got["stage_peak_rss_mb"] + 100, got
+
+
+def test_a_child_process_peak_is_its_own_not_its_parents():
+    """Linux carries ru_maxrss over fork and exec: a `distill` started by a process that had
+    used more memory would report the parent's peak. VmHWM is the child's own."""
+    import resource
+    import subprocess
+    import sys
+
+    big = _touched_mapping(1000)  # this process's peak, before the child starts
+    code = ("import json; from students.memory import PeakMemory; "
+            "print(json.dumps(PeakMemory().start().summary()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+    big.close()
+    parent_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child = json.loads(out.splitlines()[-1])
+    assert child["process_peak_rss_mb"] < parent_peak - 500, (child, parent_peak)
 
 
 def _tiny_llama(tokenizer):

@@ -58,16 +58,18 @@ def _config(tmp_path: Path, url: str, max_restarts: int = 2) -> Path:
 def _start(config: Path, ray_tmp: Path, **extra_env: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", FAULT_ENV)}
     env.update(RAY_TMPDIR=str(ray_tmp), PYTHONPATH=str(ROOT), **extra_env)
-    return subprocess.Popen([sys.executable, "-m", "distill.cli", "generate", str(config)],
+    return subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, "generate", str(config)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True,  # its own process group
-                            preexec_fn=_default_sigint)
+                            text=True, start_new_session=True)  # its own process group
 
 
-def _default_sigint() -> None:
-    # A suite started in the background of a non-interactive shell ignores SIGINT, and the
-    # child would inherit that (Python then installs no KeyboardInterrupt): as from a terminal.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# `python -m distill.cli`, with SIGINT's Python default even when this suite runs in the
+# background of a non-interactive shell (SIGINT ignored, and children inherit that). Not a
+# preexec_fn: that forks this process, which holds the suite's in-process Ray driver, and a
+# run with one was followed by that driver hanging (CI, 2026-12-02).
+AS_FROM_A_TERMINAL = ("import runpy, signal, sys; signal.signal(signal.SIGINT, "
+                      "signal.default_int_handler); sys.argv[0] = 'distill'; "
+                      "runpy.run_module('distill.cli', run_name='__main__')")
 
 
 def _our_processes(ray_tmp: Path, title: str = "") -> list[int]:
