@@ -10,7 +10,7 @@ import signal
 import sys
 from functools import wraps
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NoReturn, Optional
 
 import typer
 import yaml
@@ -53,7 +53,12 @@ class Terminated(KeyboardInterrupt):
     dies at once, and the vLLM servers eval and serve start (each in its own session) live on."""
 
 
+_sigterm_received = False
+
+
 def _raise_terminated(signum, frame) -> None:
+    global _sigterm_received
+    _sigterm_received = True
     raise Terminated()
 
 
@@ -73,11 +78,21 @@ def user_errors(func: Callable) -> Callable:
             raise typer.Exit(2)
         except KeyboardInterrupt as exc:
             # Ctrl-C is a choice, not a crash: no traceback. Finished work is on disk.
-            how = "terminated" if isinstance(exc, Terminated) else "interrupted"
-            err_console.print(f"{how}: what was finished is saved; rerun the same "
-                              "command to continue", highlight=False)
-            raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
+            _stopped(isinstance(exc, Terminated))
+        except Exception:
+            # A library that catches the interruption and raises its own error instead (vLLM
+            # waiting for its engine core: a TimeoutError, seen here) is still a SIGTERM.
+            if _sigterm_received:
+                _stopped(terminated=True)
+            raise
     return wrapper
+
+
+def _stopped(terminated: bool) -> NoReturn:
+    how = "terminated" if terminated else "interrupted"
+    err_console.print(f"{how}: what was finished is saved; rerun the same command to continue",
+                      highlight=False)
+    raise typer.Exit(143 if terminated else 130)
 
 
 @app.callback()

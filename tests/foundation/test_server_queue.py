@@ -149,4 +149,34 @@ def test_sigterm_unwinds_like_ctrl_c_so_started_servers_stop():
             command()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        cli._sigterm_received = False
     assert exit_.value.exit_code == 143 and stopped == ["server"]
+
+
+def test_sigterm_turned_into_another_error_by_a_library_still_ends_as_terminated():
+    """vLLM, waiting for its engine core, can turn the interruption into a TimeoutError (seen
+    with a real SIGTERM during `distill run`'s engine start): still one line and status 143."""
+    import os
+    import signal
+
+    import typer
+
+    from distill import cli
+
+    @cli.user_errors
+    def command():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise TimeoutError("Timed out waiting for engine core processes to start")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        cli.stop_on_sigterm()
+        with pytest.raises(typer.Exit) as exit_:
+            command()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        cli._sigterm_received = False
+    assert exit_.value.exit_code == 143
