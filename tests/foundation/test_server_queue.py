@@ -125,58 +125,52 @@ def test_a_real_vllm_serve_start_is_cancelled_and_its_process_stopped(student_pa
 def test_sigterm_unwinds_like_ctrl_c_so_started_servers_stop():
     """A real SIGTERM to this process while a command runs: the `with` blocks run their exits
     (what stops a started server) and the command ends with one line and status 143."""
-    import os
-    import signal
-
-    import typer
-
-    from distill import cli
-
     stopped = []
 
-    @cli.user_errors
-    def command():
+    def body():
         try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler raises here
+            _sigterm_self()
         finally:
             stopped.append("server")
 
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        cli.stop_on_sigterm()
-        with pytest.raises(typer.Exit) as exit_:
-            command()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        cli._sigterm_received = False
-    assert exit_.value.exit_code == 143 and stopped == ["server"]
+    assert _exit_status_under_sigterm(body) == 143 and stopped == ["server"]
 
 
 def test_sigterm_turned_into_another_error_by_a_library_still_ends_as_terminated():
     """vLLM, waiting for its engine core, can turn the interruption into a TimeoutError (seen
     with a real SIGTERM during `distill run`'s engine start): still one line and status 143."""
+    def body():
+        try:
+            _sigterm_self()
+        except KeyboardInterrupt:
+            raise TimeoutError("Timed out waiting for engine core processes to start")
+
+    assert _exit_status_under_sigterm(body) == 143
+
+
+def _sigterm_self() -> None:
     import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises here
+
+
+def _exit_status_under_sigterm(body) -> int:
+    """`body` run as a CLI command with the CLI's SIGTERM handler; this process's handler and
+    the CLI's received-flag are restored afterwards."""
     import signal
 
     import typer
 
     from distill import cli
 
-    @cli.user_errors
-    def command():
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)
-        except KeyboardInterrupt:
-            raise TimeoutError("Timed out waiting for engine core processes to start")
-
     previous = signal.getsignal(signal.SIGTERM)
     try:
         cli.stop_on_sigterm()
         with pytest.raises(typer.Exit) as exit_:
-            command()
+            cli.user_errors(body)()
     finally:
         signal.signal(signal.SIGTERM, previous)
         cli._sigterm_received = False
-    assert exit_.value.exit_code == 143
+    return exit_.value.exit_code
