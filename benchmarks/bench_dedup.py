@@ -126,18 +126,11 @@ def write_shards(texts: list[str], folder: Path, per_shard: int = 50_000) -> Non
                        folder / f"part-{k:05d}.parquet")
 
 
-def own_peak_rss_mb() -> float:
-    """This process's peak RSS since its exec (VmHWM); ru_maxrss would include the parent's."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
-
-
 def driver(shards: Path, out: Path, threshold: float, num_perm: int, batch_size: int) -> None:
     """The Ray path as its own process: Parquet shards in, candidate pairs out, stats as JSON."""
     import ray
     from distill.curation.dedup_ray import near_dedup_ray
+    from students.memory import own_peak_rss_mb
 
     t0 = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)

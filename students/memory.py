@@ -114,7 +114,7 @@ class PeakMemory:
 
         self.before_mb = own_peak_rss_mb()
         try:
-            CLEAR_REFS.write_text("5")  # resets VmHWM (and ru_maxrss) to the current RSS
+            CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS
             self.own = True
         except OSError:  # no procfs, or not allowed: the stage's peak is the process's
             self.own = False

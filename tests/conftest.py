@@ -91,18 +91,19 @@ def _hang_backstop(request):
     marker = request.node.get_closest_marker("timeout")
     seconds = float(marker.args[0] if marker and marker.args
                     else request.config.getoption("timeout", None) or 900)
-    faulthandler.dump_traceback_later(seconds + 120, exit=True, file=_REAL_STDERR[0])
+    faulthandler.dump_traceback_later(seconds + 120, exit=True, file=_real_stderr)
     yield
     faulthandler.cancel_dump_traceback_later()
 
 
-_REAL_STDERR: list[int] = [2]
+_real_stderr = 2
 
 
 def pytest_configure(config):
     # The terminal's stderr, taken while pytest's capture is off (as its own faulthandler
     # plugin does): during a test, descriptor 2 is a capture file that dies with the run.
-    _REAL_STDERR[0] = os.dup(2)
+    global _real_stderr
+    _real_stderr = os.dup(2)
 
 
 def pytest_sessionfinish(session, exitstatus):
