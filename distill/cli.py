@@ -225,6 +225,14 @@ def pairs(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt
     _stage(config, overrides, pipeline.POLICY_PAIRS if on_policy else pipeline.PAIRS, force)
 
 
+@train_app.command("prune")
+@user_errors
+def train_prune(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,
+                force: bool = ForceOpt):
+    """Remove a block of the student's decoder layers before SFT (prune.layers)."""
+    _stage(config, overrides, pipeline.PRUNE, force)
+
+
 @train_app.command("sft")
 @user_errors
 def train_sft(config: Path = ConfigArg, overrides: Optional[list[str]] = OverrideOpt,

@@ -21,6 +21,7 @@ from distill.core.config import RunConfig
 from distill.core.models import resolve
 from distill.core.rundir import Run
 from students.merge import MERGE_STAMP, merge
+from students.modeling import training_base
 from teachers.base import Generator, Messages, SamplingSpec
 from teachers.factory import make_generator, serve_flags, teacher_source, vllm_engine_kwargs
 
@@ -43,7 +44,8 @@ def merged_student(run: Run, adapter: Path) -> Path:
     if stamp.is_file() and weights.is_file() and stamp.stat().st_mtime >= weights.stat().st_mtime:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return merge(resolve(run.cfg.student.model).path, adapter, dest, run.cfg.export.merged_dtype)
+    base = training_base(run.cfg, run.paths).path
+    return merge(base, adapter, dest, run.cfg.export.merged_dtype)
 
 
 # --- engines in this process -------------------------------------------------------------------

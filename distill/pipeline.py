@@ -21,7 +21,7 @@ from distill.core.config import RunConfig
 from distill.core import stale
 from distill.core.errors import ConfigError, DistillError, StaleStageError
 from distill.core.rundir import Run
-from students import dpo, export, opd, sft
+from students import dpo, export, opd, prune, sft
 from teachers import generate
 from teachers.http_engine import missing_api_keys
 
@@ -65,6 +65,10 @@ CURATE = Stage("curate", curate.run_curate, "filters, dedup, decontamination", (
                reads=("curate", "judge"))
 PAIRS = Stage("pairs", pairs.run_pairs, "preference pairs for DPO", ("pairs",),
               lambda cfg: cfg.pairs.enabled and cfg.pairs.scorer == "judge", reads=("pairs",))
+# Shared by the seeds; it reads the student's short prompt (the block is chosen on it).
+PRUNE = Stage("prune", prune.run_prune, "remove a block of the student's decoder layers",
+              ("train", "prune"), reads=("prune", "task.student_instruction",
+                                         "task.student_system_prompt"))
 SFT = Stage("sft", sft.run_sft, "QLoRA SFT of the student", ("train", "sft"),
             reads=("sft", "student", "task.student_instruction", "task.student_system_prompt"))
 # After SFT (it samples the SFT student), per seed; DPO reads its pairs with pairs.on_policy.
@@ -89,7 +93,7 @@ REPORT = Stage("report", report.run_report, "HTML/MD/JSON report", ("report",),
                reads=("run_name", "refresh", "eval.quality_bar",  # the verdict's bar
                       "eval.seeds"))  # how many seeds' evals it sums up
 
-STAGES: tuple[Stage, ...] = (PROMPTS, CHECK, GENERATE, CURATE, PAIRS, SFT, POLICY_PAIRS, DPO,
+STAGES: tuple[Stage, ...] = (PROMPTS, CHECK, GENERATE, CURATE, PAIRS, PRUNE, SFT, POLICY_PAIRS, DPO,
                              OPD, EXPORT, EVAL, BENCH, REPORT)
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -184,7 +188,8 @@ def run_stage(run: Run, stage: Stage | str, force: bool = False) -> dict | None:
         console.print(f"[dim]{label(run, name)}: already done, skipped (resume)[/dim]")
         return run.summary(name)
     for before in stage.first:  # e.g. the teacher check before generating at scale
-        run_stage(run, before)
+        if not run.is_done(before):  # done: `distill run` just ran it, or a resume says so
+            run_stage(run, before)
     check_api_keys(run.cfg, [stage])
     if changed:
         set_aside(run, stage)

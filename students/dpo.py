@@ -16,10 +16,10 @@ from rich.console import Console
 
 from distill.core.errors import StageNotReadyError
 from distill.core.io import file_sha256, read_json
-from distill.core.models import resolve
 from distill.core.rundir import Run, run_tags
 from students import card, data, memory, modeling
 from students.fit import training_fitter
+from students.modeling import training_base
 from students.recipe import (
     TrainJob,
     checkpoint_step,
@@ -49,7 +49,7 @@ def run_dpo(run: Run) -> dict:
     sft_adapter = run.paths.finished_adapter("sft")
     if sft_adapter is None:
         raise StageNotReadyError(f"{run.paths.adapter('sft')} not found: run the sft stage first")
-    base = resolve(cfg.student.model)
+    base = training_base(cfg, run.paths)
     job = TrainJob(
         stage="dpo",
         config=cfg.resolved(),

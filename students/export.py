@@ -12,18 +12,18 @@ import shutil
 from pathlib import Path
 
 from distill.core.errors import StageNotReadyError
-from distill.core.models import resolve
 from distill.core.io import write_json_atomic
 from distill.core.rundir import Run, run_tags
 from students import card
 from students.merge import merge
+from students.modeling import training_base
 
 
 def run_export(run: Run) -> dict:
     adapter = run.paths.final_adapter()
     if adapter is None:
         raise StageNotReadyError(f"no trained adapter in {run.paths.seed_root}/sft or /dpo: train first")
-    base = resolve(run.cfg.student.model)
+    base = training_base(run.cfg, run.paths)
     exported = _copy_atomic(adapter, run.paths.adapter("export"))
     stage = adapter.parent.name
     metrics = run.summary(stage) or {}

@@ -10,8 +10,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from distill.core.config import StudentConfig
-from distill.core.errors import ConfigError
+from distill.core.artifacts import RunPaths
+from distill.core.config import RunConfig, StudentConfig
+from distill.core.errors import ConfigError, StageNotReadyError
+from distill.core.models import ResolvedModel, resolve
+
+PRUNE_INFO = "distill_prune.json"  # written beside a pruned student's weights (students/prune.py)
 
 
 @dataclass(frozen=True)
@@ -140,3 +144,16 @@ def precision_args(where: Placement) -> dict[str, Any]:
     if not where.on_gpu:
         return {"use_cpu": True, "bf16": False, "fp16": False}
     return {"bf16": where.dtype_name == "bfloat16", "fp16": where.dtype_name == "float16"}
+
+
+def training_base(cfg: RunConfig, paths: RunPaths) -> ResolvedModel:
+    """The model the student's adapters are trained on: the run's pruned copy with
+    `prune.layers`, else the configured student."""
+    if not cfg.prune.layers:
+        return resolve(cfg.student.model)
+    folder = paths.pruned_student
+    if not (folder / PRUNE_INFO).is_file():
+        raise StageNotReadyError(f"{folder} not found: run the prune stage first "
+                                 "(distill train prune)")
+    return ResolvedModel(ref=f"{cfg.student.model} (pruned: {folder})", kind="local",
+                         path=str(folder))

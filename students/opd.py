@@ -34,6 +34,7 @@ from distill.core.models import resolve
 from distill.core.rundir import Run, run_tags
 from students import card, data, memory, modeling
 from students.fit import TEMPLATE_SLACK, InputFitter
+from students.modeling import training_base
 from students.recipe import (
     TrainJob,
     checkpoint_step,
@@ -56,7 +57,7 @@ def run_opd(run: Run) -> dict:
         return {"skipped": True}
     served = cfg.opd.teacher_scoring == "server"
     check_endpoint(cfg, served)
-    base = resolve(cfg.student.model)
+    base = training_base(cfg, run.paths)
     teacher = resolve(cfg.teacher.model)
     vocab, cross = check_pair(cfg, teacher.path, base.path)  # before the inputs
     prompts_path = run.paths.train_prompts

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 from distill.core.io import file_sha256
-from distill.core.models import resolve
 from distill.core.rundir import Run, run_tags
 from students import card, data, memory, modeling
 from students.fit import training_fitter
+from students.modeling import training_base
 from students.recipe import (
     TrainJob,
     checkpoint_step,
@@ -32,7 +32,7 @@ def run_sft(run: Run) -> dict:
         return {"skipped": True}
     train_path = run.paths.curated
     data.read_table(train_path, data.SFT_COLUMNS, "curate")  # fail fast, before any worker starts
-    base = resolve(cfg.student.model)
+    base = training_base(cfg, run.paths)
     job = TrainJob(
         stage="sft",
         config=cfg.resolved(),

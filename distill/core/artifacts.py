@@ -13,7 +13,7 @@ ADAPTER_MARKER = "adapter_config.json"  # a saved PEFT adapter always has it
 TRAIN_STAGES = ("sft", "dpo")
 # Stages whose output does not depend on the training seed: run once, read by every seed.
 # Any other stage (training, export, eval) runs once per seed.
-SHARED_STAGES = ("prompts", "check", "generate", "curate", "pairs", "bench", "report")
+SHARED_STAGES = ("prompts", "check", "generate", "curate", "pairs", "prune", "bench", "report")
 # Eval contenders that no training seed touches: their answers are asked once, at seed 0's path.
 SHARED_CONTENDERS = ("teacher", "student_base")
 
@@ -125,6 +125,15 @@ class RunPaths:
         return self.root / "dedup_index"
 
     # --- training ----------------------------------------------------------------------------------
+    @property
+    def pruned_student(self) -> Path:
+        """The student with `prune.layers` decoder layers removed: every seed's training base."""
+        return self.root / "prune" / "model"
+
+    @property
+    def prune_plot(self) -> Path:
+        return self.root / "prune" / "block_distances.png"
+
     def adapter(self, stage: str) -> Path:
         return self.stage(stage) / "adapter"
 

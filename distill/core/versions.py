@@ -131,11 +131,14 @@ def student_record(base: Path, version: str) -> dict[str, Any] | None:
         value = _value(results.get("models", {}).get(name), metric)
         adapter = paths.adapter(stage)
         if value is not None and adapter.is_dir():
-            manifest = read_json(paths.manifest) or {}
+            config = (read_json(paths.manifest) or {}).get("config", {})
             merged = paths.export_merged
+            base_model = config.get("student", {}).get("model")
+            if config.get("prune", {}).get("layers"):
+                base_model = str(paths.pruned_student)  # its LoRA applies to the pruned copy
             return {
                 "version": version, "run_dir": str(d), "student": name, "adapter": str(adapter),
-                "base_model": manifest.get("config", {}).get("student", {}).get("model"),
+                "base_model": base_model,
                 "merged_model": str(merged) if merged.is_dir() else None,
                 "metric": metric, "value": value,
             }

@@ -31,7 +31,7 @@ LAYER_OF = {
     "distill.latency": "libraries", "distill.server_queue": "libraries",
     "teachers": "libraries", "teachers.generate": "stages",
     "students": "libraries", "students.sft": "stages", "students.dpo": "stages",
-    "students.opd": "stages",
+    "students.opd": "stages", "students.prune": "stages",
     "students.export": "stages",
     "distill.decision": "libraries",
     "distill.forgetting": "libraries", "distill.ifbench_checks": "libraries",

@@ -65,7 +65,7 @@ def test_the_plan_runs_shared_stages_once_and_the_training_block_seed_by_seed(tm
     run = Run(_cfg(tmp_path, seeds=3))
     steps = [label(r, s.name) for r, s in plan(run, STAGES)]
     block = ["sft", "policy_pairs", "dpo", "opd", "export", "eval"]  # off ones: recorded skipped
-    assert steps == ["prompts", "check", "generate", "curate", "pairs", *block,
+    assert steps == ["prompts", "check", "generate", "curate", "pairs", "prune", *block,
                      *[f"{n} (seed 1)" for n in block], *[f"{n} (seed 2)" for n in block],
                      "bench", "report"]
     seeded = run.for_seed(2)

@@ -1,0 +1,113 @@
+"""The prune stage: which block of layers goes, the pruned model it writes, and that SFT and the
+merge then build on it (students/prune.py).
+
+The model is a tiny random Llama with the packaged student's tokenizer, two of whose layers are
+made identities (their output projections zeroed, so each adds nothing to the residual stream):
+the stage must find exactly that block, and the pruned model must compute what the whole one
+did.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from distill.cli import app
+from distill.core.config import load_config
+from distill.core.errors import StageNotReadyError
+from distill.core.models import resolve
+from distill.core.rundir import Run
+from student_data import write_config, write_curated
+
+IDENTITY_LAYERS = (2, 3)  # of 6
+
+
+def tiny_llama(folder: Path) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    source = resolve("packaged:smollm2-135m-instruct").path
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id))
+    with torch.no_grad():
+        for i in IDENTITY_LAYERS:
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def pruned_run(tmp_path: Path, layers: int = 2, **sections) -> Run:
+    run_dir = tmp_path / "run"
+    write_curated(run_dir, n=24)
+    model = tiny_llama(tmp_path / "tiny")
+    path = write_config(run_dir, student={"model": str(model), "quantization": "none"},
+                        prune={"layers": layers, "samples": 8}, **sections)
+    return Run(load_config(path))
+
+
+def test_the_block_that_changes_the_hidden_state_least_is_removed_and_nothing_else_changes(tmp_path):
+    from students.modeling import training_base
+    from students.prune import run_prune
+    from transformers import AutoModelForCausalLM
+
+    run = pruned_run(tmp_path)
+    with pytest.raises(StageNotReadyError, match="prune stage"):
+        training_base(run.cfg, run.paths)
+    summary = run_prune(run)
+
+    assert summary["dropped"] == list(IDENTITY_LAYERS)
+    assert (summary["layers_before"], summary["layers_after"]) == (6, 4)
+    assert summary["block_distance"] < 1e-3  # the identity block moves nothing
+    info = json.loads((run.paths.pruned_student / "distill_prune.json").read_text())
+    assert min(info["distances"][:2] + info["distances"][3:]) > 0.01  # every other block does
+    assert run.paths.prune_plot.stat().st_size > 0
+    assert training_base(run.cfg, run.paths).path == str(run.paths.pruned_student)
+
+    whole = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny").eval()
+    pruned = AutoModelForCausalLM.from_pretrained(run.paths.pruned_student).eval()
+    assert pruned.config.num_hidden_layers == 4
+    ids = torch.tensor([[1, 520, 3702, 314, 253, 1345, 30]])
+    with torch.no_grad():  # with the KV cache too: it is indexed by the renumbered layer_idx
+        torch.testing.assert_close(pruned(ids).logits, whole(ids).logits, atol=1e-5, rtol=1e-4)
+        assert torch.equal(pruned.generate(ids, max_new_tokens=6, do_sample=False),
+                           whole.generate(ids, max_new_tokens=6, do_sample=False))
+
+
+def test_sft_and_the_merge_build_on_the_pruned_student(tmp_path):
+    from distill.engines import merged_student
+    from students.card import read_card
+    from students.prune import run_prune
+    from students.sft import run_sft
+
+    run = pruned_run(tmp_path, sft={"max_steps": 2, "save_steps": 2, "val_fraction": 0.0})
+    run_prune(run)
+    run_sft(run)
+    adapter = run.paths.finished_adapter("sft")
+    assert read_card(adapter)["distill"]["base_model_path"] == str(run.paths.pruned_student)
+    merged = merged_student(run, adapter)
+    assert json.loads((merged / "config.json").read_text())["num_hidden_layers"] == 4
+
+
+def test_prune_errors_name_the_key_and_exit_2(tmp_path):
+    run = pruned_run(tmp_path, layers=5)
+    result = CliRunner().invoke(app, ["train", "prune", str(run.dir / "config.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "prune.layers" in result.output and "has 6 decoder layers" in result.output
+
+    shutil.rmtree(run.dir / "prune", ignore_errors=True)
+    path = write_config(tmp_path / "lora", prune={"layers": 2},
+                        student={"serve": "lora"})
+    result = CliRunner().invoke(app, ["train", "prune", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "student.serve: merged" in " ".join(result.output.split())
