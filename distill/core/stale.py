@@ -59,17 +59,18 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, An
         if path in before and path in after:
             if before[path] != after[path]:
                 out.append((path, before[path], after[path]))
-        elif path in before and _one_sided_change(path, after):
+        elif path in before and _one_sided_change(path, before[path], after):
             out.append((path, before[path], None))
-        elif path in after and _one_sided_change(path, before):
+        elif path in after and _one_sided_change(path, after[path], before):
             out.append((path, None, after[path]))
     return out
 
 
-def _one_sided_change(path: str, other: dict[str, Any]) -> bool:
+def _one_sided_change(path: str, value: Any, other: dict[str, Any]) -> bool:
     """A key on one side only: a change, unless the other side has it as sub-keys (shown
     instead) or it is a config field the other record lacks because the schema grew since
-    (a new key could not have been set; its default is what the old code did)."""
+    and `value` is its default (the new key could not have been set; its default is what
+    the old code did). Set to anything else, the new key is a change."""
     parent = path.rpartition(".")[0]
     while parent:  # null or {} then a mapping: teacher.endpoint, teacher.engine_kwargs
         if parent in other:
@@ -77,25 +78,34 @@ def _one_sided_change(path: str, other: dict[str, Any]) -> bool:
         parent = parent.rpartition(".")[0]
     if any(under(p, path) for p in other):
         return False
-    return not _schema_key(path)
+    found, default = _schema_default(path)
+    return not found or _json(value) != _json(default)
 
 
-def _schema_key(path: str) -> bool:
-    """Whether `path` names a field of the config schema, not a key inside a free mapping
-    (teacher.engine_kwargs, prompts.label_map, task.json_schema)."""
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def _schema_default(path: str) -> tuple[bool, Any]:
+    """(whether `path` names a field of the config schema, not a key inside a free mapping
+    such as teacher.engine_kwargs or task.json_schema; that field's default)."""
     from pydantic import BaseModel
 
     from distill.core.config import RunConfig
 
     model: Any = RunConfig
+    default: Any = None
     for part in path.split("."):
         fields = getattr(model, "model_fields", None)
         if fields is None or part not in fields:
-            return False
-        annotation = fields[part].annotation
-        model = next((a for a in (get_args(annotation) or (annotation,))
+            return False, None
+        field = fields[part]
+        default = field.get_default(call_default_factory=True)
+        model = next((a for a in (get_args(field.annotation) or (field.annotation,))
                       if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    return True
+    if isinstance(default, BaseModel):
+        default = default.model_dump(mode="json")
+    return True, default
 
 
 def is_secret(path: str) -> bool:

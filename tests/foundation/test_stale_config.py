@@ -112,3 +112,11 @@ def test_a_key_new_to_the_schema_is_not_a_change_but_a_new_mapping_entry_is():
            "teacher": {"engine_kwargs": {"max_num_seqs": 8}, "endpoint": {"base_url": "u"}}}
     assert [c[0] for c in stale.changes(old, new)] == ["teacher.endpoint.base_url",
                                                        "teacher.engine_kwargs.max_num_seqs"]
+
+
+def test_a_key_new_to_the_schema_set_to_other_than_its_default_is_a_change():
+    # A run made before `prune` existed, resumed with prune.layers=10: SFT must not be reused.
+    old = {"eval": {"bootstrap": 1000}}
+    new = {"eval": {"bootstrap": 1000}, "prune": {"layers": 10, "samples": 64}}
+    assert stale.changes(old, new) == [("prune.layers", None, 10)]
+    assert stale.changes(old, {**new, "prune": {"layers": 0, "samples": 64}}) == []
