@@ -111,3 +111,22 @@ def test_prune_errors_name_the_key_and_exit_2(tmp_path):
     result = CliRunner().invoke(app, ["train", "prune", str(path)])
     assert result.exit_code == 2, result.output
     assert "student.serve: merged" in " ".join(result.output.split())
+
+
+def test_a_pruned_versions_adapter_is_recorded_on_its_pruned_base(tmp_path):
+    """`distill serve` in LoRA mode serves adapters of the configured student only: a pruned
+    version names its run's pruned copy, so it is served merged, never as a LoRA of the
+    whole model (distill/serving/front.py refuses with that reason)."""
+    from distill.core.artifacts import RunPaths
+    from distill.core.versions import BASE_VERSION, model_dir, student_record
+
+    paths = RunPaths(model_dir(tmp_path, BASE_VERSION))
+    paths.adapter("sft").mkdir(parents=True)
+    paths.eval_results.parent.mkdir(parents=True)
+    paths.eval_results.write_text(json.dumps(
+        {"main_metric": "accuracy", "models": {"student_sft": {"accuracy": 0.7}}}))
+    student = {"model": "packaged:smollm2-135m-instruct"}
+    for layers, base in ((0, student["model"]), (10, str(paths.pruned_student))):
+        paths.manifest.write_text(json.dumps(
+            {"config": {"student": student, "prune": {"layers": layers}}}))
+        assert student_record(tmp_path, BASE_VERSION)["base_model"] == base
