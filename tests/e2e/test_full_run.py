@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory) -> Path:
 def test_full_run_writes_every_stage_and_the_report(tiny_run):
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in manifest["stages"].values())
-    assert len(manifest["stages"]) == 13  # policy_pairs and opd included: off, recorded skipped
+    assert len(manifest["stages"]) == 14  # prune, policy_pairs and opd included: off, recorded skipped
     report = json.loads((tiny_run / "report" / "report.json").read_text())
     for name in MODELS:
         row = report["models"][name]
@@ -111,7 +111,7 @@ def test_rerun_skips_completed_stages(tiny_run):
     proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(cfg)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("already done, skipped") == 13
+    assert proc.stdout.count("already done, skipped") == 14
     # A changed key is refused, naming it, before anything runs (tests/foundation/
     # test_stale_config.py has the rest)
     proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(cfg), "--set",
