@@ -4,11 +4,14 @@ faster.
 On a CPU at concurrency 1 a small student's time per token is its layers one after another,
 each a handful of small matmuls whose cost is mostly fixed; fewer layers is what makes it
 faster, not fewer bytes (benchmarks/results/latency_profile.md). Which layers: the `n`
-consecutive ones whose removal changes the hidden state least on the task's own training
-prompts, measured as the angular distance between the input of the block and its output at the
-last prompt token, the position that predicts the answer (Gromov et al. 2024, "The Unreasonable
-Ineffectiveness of the Deeper Layers"; they heal the cut with QLoRA, which is what SFT does
-next). The last layer is never removed.
+consecutive ones whose removal changes the model least on the task's own training
+examples. `prune.criterion: loss` (the default) removes each candidate block in turn and keeps
+the one whose removal leaves the lowest loss on the teacher's answers (the objective SFT then
+heals); `angular` measures the angular distance between the input of the block and its output
+at the last prompt token, without the answers (Gromov et al. 2024, "The Unreasonable
+Ineffectiveness of the Deeper Layers"). On the quickstart's 135M student the two disagree: the
+angular distance is lowest for early blocks, whose removal the model does not survive
+(README, "Pruning the student"). The last layer is never removed.
 
 The pruned model is written once per run to `<run>/prune/model/` and is the training base of
 every seed: SFT, DPO, OPD, the merge and `distill serve` load it
@@ -22,6 +25,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from distill.core.errors import ConfigError
@@ -44,9 +48,13 @@ def run_prune(run: Run) -> dict:
         raise ConfigError("prune.layers", [f"{cfg.prune.layers}: {cfg.student.model} has "
                                            f"{total} decoder layers; at most {total - 2} can go "
                                            "(two stay, the last one among them)"])
-    prompts = training_prompts(run, tokenizer, cfg.prune.samples)
-    distances = block_distances(model, tokenizer, prompts, cfg.prune.layers)
-    start = min(range(len(distances)), key=distances.__getitem__)
+    examples = training_examples(run, tokenizer, cfg.prune.samples)
+    if cfg.prune.criterion == "loss":
+        scores, whole = block_losses(model, examples, cfg.prune.layers), answer_loss(model, examples)
+    else:
+        scores, whole = block_distances(model, tokenizer, [ids[:n] for ids, n in examples],
+                                        cfg.prune.layers), 0.0
+    start = min(range(len(scores)), key=scores.__getitem__)
     drop = range(start, start + cfg.prune.layers)
     params_before = sum(p.numel() for p in model.parameters())
     remove_layers(model, drop)
@@ -54,11 +62,12 @@ def run_prune(run: Run) -> dict:
             "layers_after": total - len(drop), "dropped": [drop.start, drop.stop - 1],
             "params_before": params_before,
             "params_after": sum(p.numel() for p in model.parameters()),
-            "prompts": len(prompts), "block_distance": round(distances[start], 4),
-            "distances": [round(d, 4) for d in distances]}
+            "examples": len(examples), "criterion": cfg.prune.criterion,
+            "block_score": round(scores[start], 4), "whole_model_score": round(whole, 4),
+            "scores": [round(d, 4) for d in scores]}
     save_pruned(model, tokenizer, run.paths.pruned_student, info)
-    _plot(distances, start, cfg.prune.layers, run.paths.prune_plot)
-    return {**{k: v for k, v in info.items() if k not in ("source", "distances")},
+    _plot(scores, whole, start, cfg.prune.layers, cfg.prune.criterion, run.paths.prune_plot)
+    return {**{k: v for k, v in info.items() if k not in ("source", "scores")},
             "model": str(run.paths.pruned_student),
             "seconds": round(time.perf_counter() - start_time, 1)}
 
@@ -83,16 +92,72 @@ def decoder_layers(model):
     return layers
 
 
-def training_prompts(run: Run, tokenizer, limit: int) -> list[list[int]]:
-    """The student's chat prompts of the first `limit` curated training rows, as token ids,
-    cut from the left to max_seq_len (the end holds the question)."""
+def training_examples(run: Run, tokenizer, limit: int) -> list[tuple[list[int], int]]:
+    """The first `limit` curated training rows as the student sees them in SFT: token ids of
+    its chat prompt followed by the teacher's answer, and the prompt's length. Cut from the left
+    to max_seq_len (the end holds the question and the answer)."""
     from students.data import sft_records
 
     records = sft_records(run.paths.curated, run.cfg.task)[:limit]
     budget = run.cfg.student.max_seq_len
-    return [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True,
-                                          tokenize=True, return_dict=False)[-budget:]
-            for r in records]
+    examples = []
+    for r in records:
+        prompt = tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True,
+                                               tokenize=True, return_dict=False)
+        full = tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True,
+                                             return_dict=False)
+        if full[:len(prompt)] != prompt:  # a template that renders the turn differently
+            full = prompt + tokenizer.encode(r["completion"][0]["content"],
+                                             add_special_tokens=False)
+        cut = max(0, len(full) - budget)
+        examples.append((full[cut:], max(1, len(prompt) - cut)))
+    return examples
+
+
+def answer_loss(model, examples: list[tuple[list[int], int]]) -> float:
+    """Mean over examples of the cross-entropy of the answer tokens given the prompt."""
+    import torch
+
+    total = 0.0
+    for ids, prompt_len in examples:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float()
+        targets = torch.tensor(ids[prompt_len:])
+        total += torch.nn.functional.cross_entropy(logits[prompt_len - 1:-1], targets).item()
+    return total / len(examples)
+
+
+def block_losses(model, examples: list[tuple[list[int], int]], n: int) -> list[float]:
+    """For each first layer l (never reaching the last layer), the answer loss of the model
+    with layers l .. l+n-1 removed; the model is whole again afterwards."""
+    total = len(decoder_layers(model))
+    losses = []
+    for start in range(total - n):
+        with _without(model, range(start, start + n)):
+            losses.append(answer_loss(model, examples))
+    return losses
+
+
+@contextmanager
+def _without(model, drop: range):
+    config = model.config
+    layers = decoder_layers(model)
+    saved = (config.num_hidden_layers, getattr(config, "layer_types", None),
+             getattr(config, "max_window_layers", None))
+    indices = [getattr(getattr(layer, "self_attn", None), "layer_idx", None) for layer in layers]
+    remove_layers(model, drop)
+    try:
+        yield model
+    finally:
+        model.model.layers = layers
+        config.num_hidden_layers = saved[0]
+        if saved[1] is not None:
+            config.layer_types = saved[1]
+        if saved[2] is not None:
+            config.max_window_layers = saved[2]
+        for layer, index in zip(layers, indices):
+            if index is not None:
+                layer.self_attn.layer_idx = index
 
 
 def block_distances(model, tokenizer, prompts: list[list[int]], n: int) -> list[float]:
@@ -146,17 +211,22 @@ def save_pruned(model, tokenizer, dest: Path, info: dict) -> None:
     staged.rename(dest)
 
 
-def _plot(distances: list[float], start: int, n: int, path: Path) -> None:
+def _plot(scores: list[float], whole: float, start: int, n: int, criterion: str,
+          path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot(range(len(distances)), distances, marker="o", markersize=3)
+    ax.plot(range(len(scores)), scores, marker="o", markersize=3)
     ax.axvline(start, color="tab:red", linestyle="--", label=f"removed: layers {start}-{start + n - 1}")
+    if criterion == "loss":
+        ax.axhline(whole, color="tab:gray", linestyle=":", label="whole model")
+        ax.set_yscale("log")
     ax.set_xlabel("first layer of the block")
-    ax.set_ylabel(f"angular distance over {n} layers")
+    ax.set_ylabel(f"answer loss without {n} layers" if criterion == "loss"
+                  else f"angular distance over {n} layers")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -132,7 +132,7 @@ class RunPaths:
 
     @property
     def prune_plot(self) -> Path:
-        return self.root / "prune" / "block_distances.png"
+        return self.root / "prune" / "block_scores.png"
 
     def adapter(self, stage: str) -> Path:
         return self.stage(stage) / "adapter"

@@ -471,12 +471,16 @@ class StudentConfig(Section):
 class PruneConfig(Section):
     """Drop a block of the student's decoder layers before SFT: a shallower student answers
     faster (each layer is one more step of small matmuls per token on a CPU), and SFT heals
-    the cut. The block is the one whose removal changes the hidden state least on the task's
-    training prompts (students/prune.py)."""
+    the cut. The block is the one whose removal changes the model least on the task's training
+    examples (students/prune.py)."""
 
     layers: int = Field(0, ge=0, description="decoder layers to remove (a consecutive block, "
                         "never the last layer); 0 = keep every layer")
-    samples: int = Field(64, gt=0, description="training prompts used to choose the block")
+    samples: int = Field(64, gt=0, description="training examples used to choose the block")
+    criterion: Literal["loss", "angular"] = Field(
+        "loss", description="loss: the block whose removal leaves the lowest loss on the "
+        "teacher's answers; angular: the least angular distance between the block's input and "
+        "output at the last prompt token (no answers needed)")
 
 
 class TrainConfig(Section):

@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -47,12 +48,13 @@ def tiny_llama(folder: Path) -> Path:
     return folder
 
 
-def pruned_run(tmp_path: Path, layers: int = 2, **sections) -> Run:
+def pruned_run(tmp_path: Path, layers: int = 2, criterion: str = "angular", **sections) -> Run:
     run_dir = tmp_path / "run"
     write_curated(run_dir, n=24)
     model = tiny_llama(tmp_path / "tiny")
     path = write_config(run_dir, student={"model": str(model), "quantization": "none"},
-                        prune={"layers": layers, "samples": 8}, **sections)
+                        prune={"layers": layers, "samples": 8, "criterion": criterion},
+                        **sections)
     return Run(load_config(path))
 
 
@@ -68,9 +70,9 @@ def test_the_block_that_changes_the_hidden_state_least_is_removed_and_nothing_el
 
     assert summary["dropped"] == list(IDENTITY_LAYERS)
     assert (summary["layers_before"], summary["layers_after"]) == (6, 4)
-    assert summary["block_distance"] < 1e-3  # the identity block moves nothing
+    assert summary["block_score"] < 1e-3  # the identity block moves nothing
     info = json.loads((run.paths.pruned_student / "distill_prune.json").read_text())
-    assert min(info["distances"][:2] + info["distances"][3:]) > 0.01  # every other block does
+    assert min(info["scores"][:2] + info["scores"][3:]) > 0.01  # every other block does
     assert run.paths.prune_plot.stat().st_size > 0
     assert training_base(run.cfg, run.paths).path == str(run.paths.pruned_student)
 
@@ -82,6 +84,38 @@ def test_the_block_that_changes_the_hidden_state_least_is_removed_and_nothing_el
         torch.testing.assert_close(pruned(ids).logits, whole(ids).logits, atol=1e-5, rtol=1e-4)
         assert torch.equal(pruned.generate(ids, max_new_tokens=6, do_sample=False),
                            whole.generate(ids, max_new_tokens=6, do_sample=False))
+
+
+def test_the_loss_criterion_scores_each_block_by_the_answers_loss_without_it(tmp_path):
+    """Without the identity block the model computes what it did whole, so that block's loss
+    is the whole model's; the block kept out is the one with the lowest loss, and scoring
+    leaves the model whole."""
+    from students.prune import answer_loss, block_losses, load, training_examples
+    from transformers import AutoModelForCausalLM
+
+    run = pruned_run(tmp_path, criterion="loss")
+    model, tokenizer = load(str(tmp_path / "tiny"))
+    examples = training_examples(run, tokenizer, 8)
+    ids, prompt_len = examples[0]
+    assert 0 < prompt_len < len(ids)
+    target = pq.read_table(run.paths.curated).column("target")[0].as_py()
+    assert tokenizer.decode(ids[prompt_len:]).strip().startswith(target)  # the answer is scored
+    whole = answer_loss(model, examples)
+    losses = block_losses(model, examples, 2)
+    assert len(losses) == 4  # blocks starting at 0..3: never the last layer
+    assert losses[IDENTITY_LAYERS[0]] == pytest.approx(whole, abs=1e-5)
+    assert len(set(round(x, 4) for x in losses)) == 4  # each block is really taken out
+    assert answer_loss(model, examples) == pytest.approx(whole, abs=1e-6)  # whole again
+    assert len(model.model.layers) == model.config.num_hidden_layers == 6
+
+    from students.prune import run_prune
+
+    summary = run_prune(run)
+    best = min(range(4), key=losses.__getitem__)
+    assert summary["dropped"] == [best, best + 1] and summary["criterion"] == "loss"
+    assert summary["whole_model_score"] == pytest.approx(whole, abs=1e-3)
+    assert AutoModelForCausalLM.from_pretrained(
+        run.paths.pruned_student).config.num_hidden_layers == 4
 
 
 def test_sft_and_the_merge_build_on_the_pruned_student(tmp_path):
