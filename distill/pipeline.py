@@ -119,10 +119,15 @@ def first_reader(path: str) -> int:
 
 
 def stale_changes(run: Run, stage: Stage) -> list[tuple[str, object, object]]:
-    """The config changes that make a finished stage's output stale: keys read by it or an
-    earlier stage, other than where/how-fast keys. [] when it is not done or still fresh."""
+    """What makes a finished stage's output stale: config keys read by it or an earlier
+    stage (other than where/how-fast keys) that changed, and earlier stages that finished
+    again after it. [] when it is not done or still fresh."""
     if not run.is_done(stage.name):
         return []
+    return config_changes(run, stage) + rerun_since(run, stage)
+
+
+def config_changes(run: Run, stage: Stage) -> list[tuple[str, object, object]]:
     digest, old = run.stage_config(stage.name)
     if digest == run.cfg.config_hash():
         return []
@@ -133,9 +138,26 @@ def stale_changes(run: Run, stage: Stage) -> list[tuple[str, object, object]]:
             if not stale.allowed(c[0]) and first_reader(c[0]) <= index]
 
 
+# A gate: no later stage reads its output, so running it again leaves theirs valid.
+GATES = ("check",)
+
+
+def rerun_since(run: Run, stage: Stage) -> list[tuple[str, object, object]]:
+    """Earlier stages that finished after this one did (e.g. `distill train sft --force`
+    after DPO): this stage was built on their previous output. As (what, this stage's finish
+    time, theirs), so the stale message shows both."""
+    mine = run.finished(stage.name)
+    if mine is None:  # a manifest from before finish times were kept
+        return []
+    return [(f"{s.name} (finished again after {stage.name})", mine, theirs)
+            for s in STAGES[:STAGES.index(stage)]
+            if s.name not in GATES and run.is_done(s.name)
+            and (theirs := run.finished(s.name)) is not None and theirs > mine]
+
+
 def stale_message(run: Run, found: dict[str, list], force_hint: str) -> str:
-    lines = [f"{', '.join(found)}: finished in {run.dir} under another config; their output "
-             "would be reused. Changed since:"]
+    lines = [f"{', '.join(found)}: finished in {run.dir} under another config, or before a "
+             "stage they build on ran again; their output would be reused. Changed since:"]
     seen: list[tuple] = []
     for changed in found.values():
         seen += [c for c in changed if c not in seen]
@@ -231,7 +253,9 @@ def run_all(run: Run, force: bool = False, only: tuple[str, ...] = ()) -> None:
     todo = [s for r, s in steps if label(r, s.name) in stale_now or not r.is_done(s.name)]
     check_api_keys(run.cfg, todo)  # now, not after an hour of earlier stages
     for r, stage in steps:
-        run_stage(r, stage, force=label(r, stage.name) in stale_now)
+        # An earlier stage that ran again in this invocation makes this one stale now: it
+        # reruns too (what was stale before the start needed --force, checked above).
+        run_stage(r, stage, force=label(r, stage.name) in stale_now or bool(rerun_since(r, stage)))
 
 
 # --- training seeds (eval.seeds) ---------------------------------------------------------------

@@ -143,6 +143,10 @@ class Run:
         entry = self.book(stage)["stages"].get(stage, {})
         return entry.get("status") == "done"
 
+    def finished(self, stage: str) -> str | None:
+        """When the stage last finished (ISO time, UTC, seconds), if recorded."""
+        return self.book(stage)["stages"].get(stage, {}).get("finished")
+
     def stage_config(self, stage: str) -> tuple[str | None, dict[str, Any] | None]:
         """The hash and resolved config the stage last ran under (None: not recorded)."""
         digest = self.book(stage)["stages"].get(stage, {}).get("config_hash")

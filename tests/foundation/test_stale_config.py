@@ -120,3 +120,33 @@ def test_a_key_new_to_the_schema_set_to_other_than_its_default_is_a_change():
     new = {"eval": {"bootstrap": 1000}, "prune": {"layers": 10, "samples": 64}}
     assert stale.changes(old, new) == [("prune.layers", None, 10)]
     assert stale.changes(old, {**new, "prune": {"layers": 0, "samples": 64}}) == []
+
+
+def test_a_stage_built_on_an_earlier_stage_that_ran_again_is_stale(tmp_path):
+    """`distill train sft --force` after DPO finished: DPO was built on the old adapter. Same
+    config, so only the finish times tell; the CLI refuses to reuse it (exit 2, both times
+    named) until --force. The teacher check is a gate (nothing reads its output): running it
+    again leaves later stages valid."""
+    cfg = _config(tmp_path)
+    run = Run(load_config(cfg))
+    for name in ("check", "curate", "pairs"):
+        with run.stage(name):
+            pass
+    curate, pairs = stage_by_name("curate"), stage_by_name("pairs")
+    assert stale_changes(run, pairs) == []
+
+    run.manifest["stages"]["check"]["finished"] = "2999-01-01T00:00:00+00:00"
+    run.save()
+    assert stale_changes(run, pairs) == []
+    run.manifest["stages"]["curate"]["finished"] = "2999-01-01T00:00:00+00:00"
+    run.save()
+    assert stale_changes(run, curate) == []
+    finished = run.finished("pairs")
+    assert stale_changes(run, pairs) == [
+        ("curate (finished again after pairs)", finished, "2999-01-01T00:00:00+00:00")]
+
+    res = _cli("pairs", str(cfg))
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert "pairs: finished in" in out and "curate (finished again after pairs)" in out
+    assert "distill pairs --force" in out
