@@ -114,16 +114,23 @@ def training_examples(run: Run, tokenizer, limit: int) -> list[tuple[list[int], 
     return examples
 
 
-def answer_loss(model, examples: list[tuple[list[int], int]]) -> float:
-    """Mean over examples of the cross-entropy of the answer tokens given the prompt."""
+def answer_loss(model, examples: list[tuple[list[int], int]], batch: int = 16) -> float:
+    """Mean over examples of the cross-entropy of the answer tokens given the prompt. Rows of
+    similar length go together, padded on the right: with causal attention a real token never
+    sees the padding after it, so no mask is needed and each row's loss is its own."""
     import torch
 
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
     total = 0.0
-    for ids, prompt_len in examples:
+    for first in range(0, len(order), batch):
+        rows = [examples[i] for i in order[first:first + batch]]
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.tensor([ids + [ids[-1]] * (width - len(ids)) for ids, _ in rows])
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float()
-        targets = torch.tensor(ids[prompt_len:])
-        total += torch.nn.functional.cross_entropy(logits[prompt_len - 1:-1], targets).item()
+            logits = model(input_ids=input_ids, use_cache=False).logits.float()
+        for row, (ids, prompt_len) in enumerate(rows):
+            total += torch.nn.functional.cross_entropy(
+                logits[row, prompt_len - 1:len(ids) - 1], torch.tensor(ids[prompt_len:])).item()
     return total / len(examples)
 
 
