@@ -138,6 +138,7 @@ def config_changes(run: Run, stage: Stage) -> list[tuple[str, object, object]]:
             if not stale.allowed(c[0]) and first_reader(c[0]) <= index]
 
 
+RERUN_MARK = " (finished again after "
 # A gate: no later stage reads its output, so running it again leaves theirs valid.
 GATES = ("check",)
 
@@ -149,7 +150,7 @@ def rerun_since(run: Run, stage: Stage) -> list[tuple[str, object, object]]:
     mine = run.finished(stage.name)
     if mine is None:  # a manifest from before finish times were kept
         return []
-    return [(f"{s.name} (finished again after {stage.name})", mine, theirs)
+    return [(f"{s.name}{RERUN_MARK}{stage.name})", mine, theirs)
             for s in STAGES[:STAGES.index(stage)]
             if s.name not in GATES and run.is_done(s.name)
             and (theirs := run.finished(s.name)) is not None and theirs > mine]
@@ -159,9 +160,16 @@ def stale_message(run: Run, found: dict[str, list], force_hint: str) -> str:
     lines = [f"{', '.join(found)}: finished in {run.dir} under another config, or before a "
              "stage they build on ran again; their output would be reused. Changed since:"]
     seen: list[tuple] = []
-    for changed in found.values():
-        seen += [c for c in changed if c not in seen]
+    reran: dict[tuple[str, str], list[str]] = {}  # (earlier stage, its finish) -> stages before it
+    for name, changed in found.items():
+        for c in changed:
+            if RERUN_MARK in c[0]:
+                reran.setdefault((c[0].split(RERUN_MARK)[0], c[2]), []).append(name)
+            elif c not in seen:
+                seen.append(c)
     lines += [f"  - {stale.describe(c)}" for c in seen]
+    lines += [f"  - {earlier} ran again ({when}) after {', '.join(later)} finished"
+              for (earlier, when), later in reran.items()]
     lines.append(f"{force_hint}, or set a new output_dir for a separate run. (Keys that only "
                  "say where or how fast, such as ray.address, never count.)")
     return "\n".join(lines)
