@@ -127,14 +127,13 @@ def merged_model(cfg: RunConfig, record: dict) -> Path:
     from students.merge import merge
 
     adapter = Path(record["adapter"])
-    paths = RunPaths(record["run_dir"])
-    dest = paths.merged(adapter.parent.name)
+    dest = RunPaths(record["run_dir"]).merged(adapter.parent.name)
     if dest.is_dir():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # A pruned student's adapter applies to the pruned copy in its own run dir.
-    base = paths.pruned_student if paths.pruned_student.is_dir() else resolve(cfg.student.model).path
-    return merge(str(base), adapter, dest, cfg.export.merged_dtype)
+    # The version's record names what its adapter was trained on (a pruned run's own copy).
+    base = resolve(record.get("base_model") or cfg.student.model).path
+    return merge(base, adapter, dest, cfg.export.merged_dtype)
 
 
 def serve(cfg: RunConfig, run_dir: Path | None = None, version: str | None = None) -> None:

@@ -42,8 +42,7 @@ def run_prune(run: Run) -> dict:
     start_time = time.perf_counter()
     source = resolve(cfg.student.model)
     model, tokenizer = load(source.path)
-    layers = decoder_layers(model)
-    total = len(layers)
+    total = len(decoder_layers(model))
     if cfg.prune.layers > total - 2:
         raise ConfigError("prune.layers", [f"{cfg.prune.layers}: {cfg.student.model} has "
                                            f"{total} decoder layers; at most {total - 2} can go "

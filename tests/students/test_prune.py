@@ -131,6 +131,14 @@ def test_sft_and_the_merge_build_on_the_pruned_student(tmp_path):
     assert read_card(adapter)["distill"]["base_model_path"] == str(run.paths.pruned_student)
     merged = merged_student(run, adapter)
     assert json.loads((merged / "config.json").read_text())["num_hidden_layers"] == 4
+    # `distill serve` in merged mode merges onto what the version's record names
+    from distill.serve import merged_model
+
+    shutil.rmtree(merged)
+    record = {"adapter": str(adapter), "run_dir": str(run.dir), "merged_model": None,
+              "base_model": str(run.paths.pruned_student)}
+    served = merged_model(run.cfg, record)
+    assert json.loads((served / "config.json").read_text())["num_hidden_layers"] == 4
 
 
 def test_prune_errors_name_the_key_and_exit_2(tmp_path):
