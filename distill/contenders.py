@@ -109,7 +109,8 @@ def served_generator(cfg: RunConfig, served: tuple[str, dict[str, str], str], c:
 
     if c.role == "teacher" and cfg.teacher.is_endpoint:
         return OpenAIGenerator(cfg.teacher.endpoint)  # its own key variable and limits
-    base_url, names, _ = served
+    base_url, names, key = served
     return OpenAIGenerator(EndpointConfig(base_url=base_url, model=names[c.name],
                                           max_concurrency=SERVED_CONCURRENCY, timeout_s=900,
-                                          max_retries=2))
+                                          max_retries=2),
+                           key=None if key == "unused" else key)  # the teacher pool's own

@@ -17,7 +17,7 @@ from pathlib import Path
 from threading import Event
 from typing import Callable, Iterator
 
-from distill.core.config import RunConfig
+from distill.core.config import RunConfig, TeacherConfig
 from distill.core.models import resolve
 from distill.core.rundir import Run
 from students.merge import MERGE_STAMP, merge
@@ -51,10 +51,18 @@ def merged_student(run: Run, adapter: Path) -> Path:
 # --- engines in this process -------------------------------------------------------------------
 
 
+def _make(cfg: RunConfig, engine: TeacherConfig, role: str) -> Generator:
+    if engine.server == "run":  # a client of the run's pool (teachers/pool.py)
+        from teachers.pool import pooled_generator
+
+        return pooled_generator(cfg, engine, role)
+    return make_generator(engine, teacher_source(engine).path, seed=cfg.seed)
+
+
 @contextmanager
 def open_teacher(cfg: RunConfig) -> Iterator[Generator]:
-    """The teacher through its configured backend; closed on exit."""
-    generator = make_generator(cfg.teacher, teacher_source(cfg.teacher).path, seed=cfg.seed)
+    """The teacher through its configured backend (or its pool); closed on exit."""
+    generator = _make(cfg, cfg.teacher, "teacher")
     try:
         yield generator
     finally:
@@ -81,8 +89,8 @@ def open_student(cfg: RunConfig, adapter: Path | None = None,
 @contextmanager
 def open_judge(cfg: RunConfig) -> Iterator[Generator]:
     """The judge (`judge.engine`, else the teacher) through the same builder as the teacher."""
-    engine = cfg.judge.engine or cfg.teacher
-    generator = make_generator(engine, teacher_source(engine).path, seed=cfg.seed)
+    generator = _make(cfg, cfg.judge.engine or cfg.teacher,
+                      "judge" if cfg.judge.engine else "teacher")
     try:
         yield generator
     finally:
@@ -112,11 +120,17 @@ def chat(generator: Generator, max_tokens: int, seed: int = 0) -> Callable[[list
 @contextmanager
 def served_teacher(cfg: RunConfig, log: Path, cancel: Event | None = None
                    ) -> Iterator[ServedModel]:
-    """The teacher behind an OpenAI-compatible API: its own endpoint, or `vllm serve` with the
-    teacher's engine settings (a `transformers` teacher is served by vLLM: that backend has
-    no server)."""
+    """The teacher behind an OpenAI-compatible API: its own endpoint, its pool's first server
+    (`teacher.server: run`), or `vllm serve` with the teacher's engine settings (a
+    `transformers` teacher is served by vLLM: that backend has no server)."""
     from teachers.serve import vllm_server
 
+    if cfg.teacher.server == "run":
+        from teachers.pool import ensure_pool
+
+        pool = ensure_pool(cfg, cfg.teacher)
+        yield pool.urls[0], {"teacher": "teacher"}, pool.key
+        return
     if cfg.teacher.is_endpoint:
         from teachers.http_engine import api_key
 

@@ -23,6 +23,7 @@ from distill.core.errors import ConfigError, DistillError, StaleStageError
 from distill.core.rundir import Run
 from students import dpo, export, opd, prune, sft
 from teachers import generate
+from teachers import pool as teacher_pool
 from teachers.http_engine import missing_api_keys
 
 console = Console()
@@ -62,6 +63,7 @@ GENERATE = Stage("generate", generate.run_generate, "teacher completions on a Ra
                  ("generate",), lambda cfg: True, first=("check",), then=check.watch_generation,
                  reads=("cost",))  # the summary's cost estimate
 CURATE = Stage("curate", curate.run_curate, "filters, dedup, decontamination", ("curate",),
+               lambda cfg: cfg.curate.target == "judge" and cfg.judge.engine is None,
                reads=("curate", "judge"))
 PAIRS = Stage("pairs", pairs.run_pairs, "preference pairs for DPO", ("pairs",),
               lambda cfg: cfg.pairs.enabled and cfg.pairs.scorer == "judge", reads=("pairs",))
@@ -260,10 +262,16 @@ def run_all(run: Run, force: bool = False, only: tuple[str, ...] = ()) -> None:
     steps = plan(run, chosen)
     todo = [s for r, s in steps if label(r, s.name) in stale_now or not r.is_done(s.name)]
     check_api_keys(run.cfg, todo)  # now, not after an hour of earlier stages
-    for r, stage in steps:
-        # An earlier stage that ran again in this invocation makes this one stale now: it
-        # reruns too (what was stale before the start needed --force, checked above).
-        run_stage(r, stage, force=label(r, stage.name) in stale_now or bool(rerun_since(r, stage)))
+    try:
+        for i, (r, stage) in enumerate(steps):
+            # An earlier stage that ran again in this invocation makes this one stale now: it
+            # reruns too (what was stale before the start needed --force, checked above).
+            run_stage(r, stage,
+                      force=label(r, stage.name) in stale_now or bool(rerun_since(r, stage)))
+            after = steps[i + 1][1] if i + 1 < len(steps) else None
+            teacher_pool.release_idle(after is not None and after.uses_teacher(run.cfg))
+    finally:
+        teacher_pool.release_all()
 
 
 # --- training seeds (eval.seeds) ---------------------------------------------------------------

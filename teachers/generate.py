@@ -116,10 +116,16 @@ def _fault_config() -> dict:
     return json.loads(raw) if raw else {}
 
 
+POOL_CLIENT_CPUS = 0.25  # waits on HTTP; the servers' actors hold the teacher's CPUs/GPUs
+
+
 def _actor_resources(run: Run) -> dict[str, Any]:
     """One engine per actor: `tensor_parallel_size` GPUs each on a GPU cluster, none on CPU."""
     teacher = run.cfg.teacher
     gpus = 0
+    if teacher.server == "run":  # a client of the pool's servers, which hold the resources
+        return {"num_cpus": POOL_CLIENT_CPUS, "max_restarts": teacher.max_restarts,
+                "max_task_retries": teacher.max_restarts}
     if not teacher.is_endpoint:
         from teachers.vllm_engine import has_gpu
 
@@ -249,7 +255,8 @@ def run_generate(run: Run) -> dict:
         "tokens_per_s": round(stats["completion_tokens"] / wall, 2) if wall else 0.0,
         "est_cost_usd": round(estimate_cost(price, wall, stats["prompt_tokens"],
                                             stats["completion_tokens"], units), 6),
-        "backend": cfg.teacher.backend, "model": cfg.teacher.model,
+        "backend": "vllm_serve" if cfg.teacher.server == "run" else cfg.teacher.backend,
+        "model": cfg.teacher.model,
     }
 
 
@@ -271,12 +278,17 @@ def _generate(run: Run, pending: dict[str, list[dict]], sampling: SamplingSpec, 
     # a crashed actor's retry redoes just that batch.
     bs = cfg.teacher.batch_size
     blocks = [table.slice(i, bs) for i in range(0, table.num_rows, bs)]
+    pool = None
+    if cfg.teacher.server == "run":  # the run's teacher servers, started once (teachers/pool.py)
+        from teachers.pool import ensure_pool
+
+        pool = ensure_pool(cfg, cfg.teacher).names
     ds = ray.data.from_arrow(blocks).map_batches(
         TeacherUDF,
         fn_constructor_kwargs={
             "teacher": cfg.teacher.model_dump(mode="json"), "model_path": model_path,
             "model_ref": cfg.teacher.model, "sampling": _sampling_kwargs(sampling),
-            "seed": cfg.generate.seed, "fault": fault,
+            "seed": cfg.generate.seed, "fault": fault, "pool": pool,
         },
         batch_size=bs, batch_format="pyarrow", concurrency=cfg.teacher.replicas,
         **_actor_resources(run),

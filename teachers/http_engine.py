@@ -48,9 +48,13 @@ def missing_api_keys(teacher: TeacherConfig) -> list[str]:
 class OpenAIGenerator:
     backend = "openai"
 
-    def __init__(self, endpoint: EndpointConfig, **_ignored):
+    def __init__(self, endpoint: EndpointConfig, key: str | None = None,
+                 backend: str | None = None, **_ignored):
+        """`key`: given by the caller (the teacher pool's own), else read from the endpoint's
+        `api_key_env`. `backend`: what rows record as their backend (the pool: vllm_serve)."""
         self.endpoint = endpoint
-        self._key = api_key(endpoint)
+        self._key = key if key is not None else api_key(endpoint)
+        self.backend = backend or OpenAIGenerator.backend
         self.startup_s = 0.0
 
     def generate(self, messages: list[Messages], sampling: SamplingSpec,

