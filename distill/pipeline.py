@@ -268,8 +268,8 @@ def run_all(run: Run, force: bool = False, only: tuple[str, ...] = ()) -> None:
             # reruns too (what was stale before the start needed --force, checked above).
             run_stage(r, stage,
                       force=label(r, stage.name) in stale_now or bool(rerun_since(r, stage)))
-            after = steps[i + 1][1] if i + 1 < len(steps) else None
-            teacher_pool.release_idle(after is not None and after.uses_teacher(run.cfg))
+            if i + 1 < len(steps):
+                teacher_pool.release_idle(steps[i + 1][1].uses_teacher(run.cfg))
     finally:
         teacher_pool.release_all()
 
