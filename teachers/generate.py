@@ -116,7 +116,7 @@ def _fault_config() -> dict:
     return json.loads(raw) if raw else {}
 
 
-POOL_CLIENT_CPUS = 0.25  # waits on HTTP; the servers' actors hold the teacher's CPUs/GPUs
+POOL_CLIENT_CPUS = 0.0  # waits on HTTP; the servers' actors hold the teacher's CPUs/GPUs
 
 
 def _actor_resources(run: Run) -> dict[str, Any]:
