@@ -105,7 +105,16 @@ def server_resources(engine: TeacherConfig) -> dict[str, float]:
     from teachers.vllm_engine import has_gpu
 
     gpus = engine.tensor_parallel_size if ray.cluster_resources().get("GPU", 0) or has_gpu() else 0
-    return {"num_gpus": gpus, "num_cpus": engine.cpus_per_replica}
+    return {"num_gpus": gpus, "num_cpus": server_cpus(engine, ray.available_resources().get("CPU", 0))}
+
+
+def server_cpus(engine: TeacherConfig, free_cpus: float) -> float:
+    """`cpus_per_replica`, less where the pool would take every free CPU: Ray Data needs one
+    for its own tasks (`from_arrow` reads block metadata in a task), and with none left the
+    stage waits forever (measured: replicas 2 on a 2-CPU local Ray never sent a request). The
+    servers run outside Ray's accounting anyway; the figure only reserves room."""
+    spare = max(free_cpus - 1.0, 0.0) / engine.replicas
+    return round(min(engine.cpus_per_replica, spare), 3)
 
 
 def ensure_pool(cfg: RunConfig, engine: TeacherConfig, role: str = "teacher") -> Pool:
@@ -136,7 +145,7 @@ def ensure_pool(cfg: RunConfig, engine: TeacherConfig, role: str = "teacher") ->
     pool = Pool(engine, role, names, actors, urls, api_key, resources["num_gpus"],
                 paths.root / "logs" / "teacher_pool.jsonl")
     _record(pool, "start", seconds=round(time.perf_counter() - start, 1), urls=urls,
-            gpus_per_server=pool.gpus)
+            gpus_per_server=pool.gpus, cpus_per_server=resources["num_cpus"])
     _POOLS[key] = pool
     if len(_POOLS) == 1:
         atexit.register(release_all)  # before Ray's own exit handler (atexit runs in reverse)

@@ -17,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from distill.contenders import Contender, served_generator
+from distill.core.config import TeacherConfig
 from distill.core.messages import teacher_messages
 from distill.engines import chat, open_judge, open_teacher, served_teacher
 from distill.pipeline import run_all
@@ -50,15 +51,29 @@ def test_run_server_needs_the_vllm_backend(tmp_path, backend):
         make_run(tmp_path, teacher={"server": "run", "backend": backend, **endpoint})
 
 
+@pytest.mark.parametrize("replicas,per,free,held", [
+    (1, 1.0, 2, 1.0), (2, 1.0, 2, 0.5), (2, 1.0, 16, 1.0), (1, 4.0, 2, 1.0), (3, 1.0, 1, 0.0)])
+def test_a_pool_leaves_ray_data_a_cpu(replicas, per, free, held):
+    engine = TeacherConfig(model="packaged:smollm2-135m-instruct", replicas=replicas,
+                           cpus_per_replica=per)
+    assert teacher_pool.server_cpus(engine, free) == held
+
+
 @pytest.mark.slow
 def test_one_start_serves_generation_check_judge_and_eval(ray_local, tmp_path):
-    run = make_run(tmp_path, teacher={"server": "run"})
+    # Two replicas on the 2-CPU Ray: they must leave a CPU to Ray Data (holding both, the
+    # stage waited forever), and the batches go to both.
+    run = make_run(tmp_path, teacher={"server": "run", "replicas": 2})
     try:
         run_all(run, only=("generate",))  # the check first (skipped: too few gold labels)
         rows = read_rows(run)
         assert len(rows) == 24 and {r["backend"] for r in rows} == {"vllm_serve"}
         assert any(r["completion"].strip() for r in rows)
+        for i in (0, 1):
+            log = (run.dir / "logs" / f"teacher_pool_{i}.log").read_text()
+            assert "POST /v1/chat/completions" in log, f"replica {i} got no request"
         started = _records(run)
+        assert started[0]["cpus_per_server"] == 0.5 and len(started[0]["urls"]) == 2
         # run_all stops the pool when the run is over
         assert [r["event"] for r in started] == ["start", "stop"]
         assert started[1]["why"] == "the run is over" and not teacher_pool.running()
