@@ -2,11 +2,22 @@
 
     python benchmarks/bench_sft.py                       # CPU, the packaged SmolLM2-135M
     python benchmarks/bench_sft.py --random-llama 1b     # GPU: a larger llama, random weights
+    python benchmarks/bench_sft.py --random-llama 8b --vocab 128256 --batch-size 8 \
+        --max-seq-len 1024 --max-words 900 --examples 1200 --steps 100 --rounds 2 \
+        --arms plain,ours,ours_pack --json benchmarks/results/sft_gpu_8b.json   # issue 17's run
 
 Every arm runs in its own subprocess (clean peak-memory figures) on the same model, data and
 settings (LoRA r/alpha/targets, 4-bit nf4 + double quant, batch size, steps, learning rate,
 max length, gradient checkpointing). Throughput is real (non-padding) training tokens per
 second of `trainer.train()` wall time, as counted by TRL's own `num_tokens`.
+
+With `--rounds N` every arm runs N times, the order reversed every other round (A B C, C B A,
+...), so warm-up and a card that heats up do not decide the ratio; the report gives each arm's
+median and every run. MFU counts 4 N FLOPs per trained token, N = the weights of every linear
+layer a token passes through (attention and MLP projections of all layers, and the LM head):
+forward 2N, backward to the activations 2N, no weight gradients for the frozen base. LoRA's
+adapters, attention scores and gradient checkpointing's recomputation are not counted (the
+usual "model FLOPs"); the peak is the card's dense bf16 figure (table `PEAK_BF16_TFLOPS`).
 
 Arms:
   plain       SFTTrainer + peft LoraConfig + BitsAndBytesConfig, TRL defaults otherwise
@@ -14,6 +25,12 @@ Arms:
   ours_pack   distill's SFT stage, packing on (bfd, padding-free)
   ours_16bit  distill's SFT stage, plain LoRA on the 16-bit base (training peak memory)
   load_4bit / load_16bit   load the base only; peak memory of 4-bit vs 16-bit loading
+  plain_dpo   DPOTrainer + peft + 4-bit base on pairs (chosen: the label, rejected: the other)
+  ours_dpo    distill's DPO stage on the same pairs (after 2 untimed SFT steps: DPO starts from
+              the SFT adapter)
+  ours_opd    distill's OPD stage, teacher in process (the student's own base as its teacher:
+              same tokenizer, so it runs on random weights), `--opd-new-tokens` sampled per
+              prompt; reports seconds per step
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -40,7 +58,28 @@ LLAMA_SIZES = {
     # hidden, intermediate, layers, heads, kv heads  (vocab: the SmolLM2 tokenizer's 49152)
     "1b": (2048, 5632, 22, 32, 4),
     "360m": (960, 2560, 32, 15, 5),
+    "8b": (4096, 14336, 32, 32, 8),   # Llama-3-8B's shapes (its vocab: --vocab 128256)
+    "tiny": (128, 256, 2, 4, 2),      # a smoke test of this script on a CPU
 }
+
+# Dense bf16 tensor-core peak, TFLOP/s, by the name torch reports (first match wins).
+PEAK_BF16_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0),
+                    ("L40S", 362.0), ("A10G", 70.0))
+
+
+def linear_params(config: dict) -> int:
+    """Weights of the linear layers a token passes through: q, k, v, o, gate, up, down per
+    layer, and the LM head (a llama-family config.json)."""
+    d, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    head_dim = config.get("head_dim") or d // heads
+    attention = d * heads * head_dim * 2 + d * kv * head_dim * 2
+    return layers * (attention + 3 * d * inter) + d * config["vocab_size"]
+
+
+def mfu(tokens_per_s: float, n_linear: int, device: str) -> float | None:
+    peak = next((tf for name, tf in PEAK_BF16_TFLOPS if name in device), None)
+    return None if peak is None else round(4 * n_linear * tokens_per_s / (peak * 1e12), 4)
 
 
 def make_rows(n: int, seed: int, max_words: int) -> list[dict]:
@@ -95,6 +134,8 @@ def peak_mb() -> dict:
     out = {"peak_rss_mb": round(own_peak_rss_mb(), 1)}
     if torch.cuda.is_available():
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        # what the caching allocator held: the packed 8B run reserved 79.6 of 80 GB for 57.9
+        out["peak_gpu_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
     return out
 
 
@@ -163,6 +204,95 @@ def arm_ours(args, rows, packing: bool, quantization: str = "nf4") -> dict:
             "tokens_per_s": summary["tokens_per_s"], **peak_mb()}
 
 
+def pairs_of(rows: list[dict]) -> list[dict]:
+    other = {"positive": "negative", "negative": "positive"}
+    return [{"example_id": r["example_id"], "text": r["text"], "chosen": r["target"],
+             "rejected": other[r["target"]]} for r in rows]
+
+
+def arm_plain_dpo(args, rows) -> dict:
+    """DPO as TRL's docs write it: 4-bit base, a fresh LoRA, the policy's base as reference."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import DPOConfig, DPOTrainer
+
+    gpu = torch.cuda.is_available()
+    dtype = torch.bfloat16 if gpu else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(args.model_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model_path, dtype=dtype, device_map={"": "cuda:0" if gpu else "cpu"},
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype),
+    )
+    data = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": f"Sentiment (positive/negative):\n\n{p['text']}"}],
+         "chosen": [{"role": "assistant", "content": p["chosen"]}],
+         "rejected": [{"role": "assistant", "content": p["rejected"]}]}
+        for p in pairs_of(rows)
+    ])
+    with tempfile.TemporaryDirectory() as out:
+        trainer = DPOTrainer(
+            model=model,
+            args=DPOConfig(output_dir=out, max_length=args.max_seq_len, max_steps=args.steps,
+                           per_device_train_batch_size=args.batch_size, learning_rate=5e-5,
+                           logging_steps=max(1, args.steps // 4), save_strategy="no",
+                           report_to="none", seed=0, bf16=gpu, use_cpu=not gpu,
+                           gradient_checkpointing=args.gradient_checkpointing),
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+                                   target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    steps = trainer.state.global_step
+    return {"steps": steps, "seconds": round(seconds, 2),
+            "steps_per_s": round(steps / seconds, 3), **peak_mb()}
+
+
+def arm_ours_after_sft(args, rows, stage: str) -> dict:
+    """Our DPO or OPD stage, timed alone: 2 untimed SFT steps first give it its start adapter."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distill.core.config import load_config
+    from distill.core.rundir import Run
+    from students.dpo import run_dpo
+    from students.opd import run_opd
+    from students.sft import run_sft
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path = write_run(Path(tmp), args, rows, packing=False, quantization="nf4")
+        run = Run(load_config(cfg_path, overrides=["sft.max_steps=2"]))
+        run_sft(run)
+        run = Run(load_config(cfg_path, overrides=[
+            f"{stage}.max_steps={args.steps}", f"{stage}.batch_size={args.batch_size}",
+            f"{stage}.save_steps={10**6}", f"{stage}.warmup_ratio=0.0", f"{stage}.resume=false",
+            f"{stage}.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
+            *(["opd.enabled=true", f"teacher.model={args.model_path}", "opd.heldout_prompts=0",
+               f"opd.max_new_tokens={args.opd_new_tokens}"] if stage == "opd" else [])]))
+        if stage == "dpo":
+            pq.write_table(pa.Table.from_pylist(pairs_of(rows)), _mkparent(run.paths.pairs))
+            summary = run_dpo(run)
+        else:
+            prompts = [{"example_id": r["example_id"], "text": r["text"]} for r in rows]
+            pq.write_table(pa.Table.from_pylist(prompts), _mkparent(run.paths.train_prompts))
+            summary = run_opd(run)
+    steps = summary["steps"]
+    return {"steps": steps, "seconds": summary["seconds"],
+            "steps_per_s": round(steps / summary["seconds"], 3),
+            "train_tokens": summary.get("train_tokens"), **peak_mb()}
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def arm_load(args, bits: int) -> dict:
     import torch
 
@@ -196,18 +326,20 @@ def arm_load(args, bits: int) -> dict:
 # --- driver ---------------------------------------------------------------------------------
 
 
-def build_random_llama(size: str, tokenizer_dir: Path, out: Path) -> Path:
+def build_random_llama(size: str, tokenizer_dir: Path, out: Path, vocab: int | None = None) -> Path:
     """A llama-architecture student with random weights: enough for throughput and memory,
-    meaningless for quality."""
+    meaningless for quality. `vocab` above the tokenizer's size adds rows no token uses (the
+    LM head's cost is what matters); 8b keeps its own LM head, as Llama-3-8B does."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     hidden, inter, layers, heads, kv = LLAMA_SIZES[size]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=inter,
+    config = LlamaConfig(vocab_size=max(len(tokenizer), vocab or 0), hidden_size=hidden,
+                         intermediate_size=inter,
                          num_hidden_layers=layers, num_attention_heads=heads,
                          num_key_value_heads=kv, max_position_embeddings=4096,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         tie_word_embeddings=size != "8b", bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          dtype=torch.bfloat16)
     torch.manual_seed(0)
@@ -234,6 +366,12 @@ def main() -> None:
     p.add_argument("--max-words", type=int, default=150)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--opd-new-tokens", type=int, default=64, help="ours_opd: tokens sampled")
+    p.add_argument("--vocab", type=int, default=None, help="--random-llama: vocabulary size")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every arm this many times, the order reversed every other round")
+    p.add_argument("--alloc-conf", default=None,
+                   help="PYTORCH_CUDA_ALLOC_CONF for the arms, e.g. expandable_segments:True")
     p.add_argument("--arms", default="plain,ours,ours_pack,load_4bit,load_16bit")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--arm", default=None, help=argparse.SUPPRESS)
@@ -250,6 +388,9 @@ def main() -> None:
             "ours_16bit": lambda: arm_ours(args, rows, packing=False, quantization="none"),
             "load_4bit": lambda: arm_load(args, 4),
             "load_16bit": lambda: arm_load(args, 16),
+            "plain_dpo": lambda: arm_plain_dpo(args, rows),
+            "ours_dpo": lambda: arm_ours_after_sft(args, rows, "dpo"),
+            "ours_opd": lambda: arm_ours_after_sft(args, rows, "opd"),
         }[args.arm]()
         print("ARM_RESULT " + json.dumps(result), flush=True)
         return
@@ -261,20 +402,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.random_llama:
             tok = Path(args.tokenizer or resolve("packaged:smollm2-135m-instruct").path)
-            model_path = build_random_llama(args.random_llama, tok, Path(tmp) / "student")
+            model_path = build_random_llama(args.random_llama, tok, Path(tmp) / "student",
+                                            args.vocab)
             args.model = str(model_path)
             label = f"random-init llama {args.random_llama} ({model_path.name})"
         else:
             model_path = Path(resolve(args.model).path)
             label = args.model
-        argv = _drop(sys.argv[1:], ("--json", "--arms", "--model", "--random-llama", "--tokenizer"))
+        argv = _drop(sys.argv[1:], ("--json", "--arms", "--model", "--random-llama", "--tokenizer",
+                                    "--rounds", "--alloc-conf", "--vocab"))
         argv += ["--model", args.model, "--model-path", str(model_path)]
-        results = {}
-        for arm in args.arms.split(","):
-            started = time.perf_counter()
-            results[arm] = run_arm(arm, argv)
-            results[arm]["wall_s"] = round(time.perf_counter() - started, 1)
-            print(f"{arm:>11}: {json.dumps(results[arm])}", flush=True)
+        if args.alloc_conf:
+            os.environ["PYTORCH_CUDA_ALLOC_CONF"] = args.alloc_conf  # inherited by the arms
+        n_linear = linear_params(json.loads((model_path / "config.json").read_text()))
+        runs = run_rounds(args.arms.split(","), args.rounds, argv)
+        results = {arm: summarize(arm_runs) for arm, arm_runs in runs.items()}
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     report = {
@@ -282,18 +424,30 @@ def main() -> None:
         "model": label,
         "torch": torch.__version__,
         "settings": {k: getattr(args, k) for k in ("examples", "steps", "batch_size", "max_seq_len",
-                                                   "lora_r", "gradient_checkpointing")},
+                                                   "lora_r", "gradient_checkpointing", "rounds",
+                                                   "alloc_conf", "vocab")},
+        "linear_params": n_linear,
+        "flops_per_token": f"4 x {n_linear} (frozen base: forward 2N + activation grads 2N)",
         "arms": results,
     }
     plain = results.get("plain", {}).get("tokens_per_s")
-    print(f"\ndevice: {device}   model: {label}")
-    for arm in ("plain", "ours", "ours_pack"):
+    print(f"\ndevice: {device}   model: {label}   linear params: {n_linear / 1e9:.2f}B")
+    for arm in ("plain", "ours", "ours_pack", "ours_16bit"):
         if arm in results:
             tps = results[arm]["tokens_per_s"]
+            results[arm]["mfu"] = mfu(tps, n_linear, device)
             ratio = f"  {tps / plain:.2f}x plain" if plain else ""
-            print(f"  {arm:>10}: {tps:10.1f} tokens/s{ratio}")
+            util = f"  MFU {results[arm]['mfu']:.1%}" if results[arm]["mfu"] is not None else ""
+            spread = ", ".join(f"{r['tokens_per_s']:.0f}" for r in results[arm].get("runs", []))
+            print(f"  {arm:>10}: {tps:10.1f} tokens/s (median of: {spread}){ratio}{util}")
             if plain:
                 report.setdefault("ratios", {})[arm] = round(tps / plain, 3)
+    for arm in ("plain_dpo", "ours_dpo", "ours_opd"):
+        if arm in results:
+            sps = results[arm]["steps_per_s"]
+            base = results.get("plain_dpo", {}).get("steps_per_s") if arm == "ours_dpo" else None
+            ratio = f"  {sps / base:.2f}x plain_dpo" if base else ""
+            print(f"  {arm:>10}: {sps:10.3f} steps/s ({1 / sps:.2f} s per step){ratio}")
     mem = "peak_gpu_mb" if torch.cuda.is_available() else "peak_rss_mb"
     if "load_4bit" in results and "load_16bit" in results:
         four, sixteen = results["load_4bit"][mem], results["load_16bit"][mem]
@@ -313,6 +467,36 @@ def main() -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+def run_rounds(arms: list[str], rounds: int, argv: list[str]) -> dict[str, list[dict]]:
+    """Every arm `rounds` times, in order, then reversed, then in order again ..."""
+    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    for r in range(rounds):
+        for arm in (arms if r % 2 == 0 else arms[::-1]):
+            started = time.perf_counter()
+            result = run_arm(arm, argv)
+            result["wall_s"] = round(time.perf_counter() - started, 1)
+            result["round"] = r
+            runs[arm].append(result)
+            print(f"{arm:>11} (round {r}): {json.dumps(result)}", flush=True)
+    return runs
+
+
+def summarize(arm_runs: list[dict]) -> dict:
+    """One run as it came; several: the median tokens/s and the largest memory peaks, with
+    every run kept."""
+    if len(arm_runs) == 1:
+        return dict(arm_runs[0])
+    out = {k: max(r[k] for r in arm_runs) for k in arm_runs[0] if k.startswith("peak_")}
+    for k in ("tokens_per_s", "steps_per_s"):
+        if k in arm_runs[0]:
+            out[k] = statistics.median(r[k] for r in arm_runs)
+    for k in ("weights_mb", "rss_after_load_mb", "rss_before_mb"):
+        if k in arm_runs[0]:
+            out[k] = arm_runs[0][k]
+    out["runs"] = arm_runs
+    return out
 
 
 def _drop(argv: list[str], names: tuple[str, ...]) -> list[str]:
