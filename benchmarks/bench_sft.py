@@ -70,8 +70,9 @@ PEAK_BF16_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A1
 def linear_params(config: dict) -> int:
     """Weights of the linear layers a token passes through: q, k, v, o, gate, up, down per
     layer, and the LM head (a llama-family config.json)."""
-    d, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    d, inter = config["hidden_size"], config["intermediate_size"]
+    layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or d // heads
     attention = d * heads * head_dim * 2 + d * kv * head_dim * 2
     return layers * (attention + 3 * d * inter) + d * config["vocab_size"]

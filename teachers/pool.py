@@ -105,7 +105,8 @@ def server_resources(engine: TeacherConfig) -> dict[str, float]:
     from teachers.vllm_engine import has_gpu
 
     gpus = engine.tensor_parallel_size if ray.cluster_resources().get("GPU", 0) or has_gpu() else 0
-    return {"num_gpus": gpus, "num_cpus": server_cpus(engine, ray.available_resources().get("CPU", 0))}
+    free = ray.available_resources().get("CPU", 0)
+    return {"num_gpus": gpus, "num_cpus": server_cpus(engine, free)}
 
 
 def server_cpus(engine: TeacherConfig, free_cpus: float) -> float:

@@ -26,6 +26,9 @@ from typing import Iterator
 LIBRARY_LOGGERS = ("ray", "ray.data", "vllm", "transformers", "trl", "peft", "accelerate",
                    "datasets", "torch", "httpx", "py.warnings")
 VLLM_CONFIG_ENV = "VLLM_LOGGING_CONFIG_PATH"
+# Says which VLLM_LOGGING_CONFIG_PATH is ours: inherited by Ray workers started from this
+# process, where `_handler` is unset, so a server started in an actor can still tell.
+OUR_VLLM_CONFIG_ENV = "DISTILL_VLLM_LOGGING_CONFIG"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _handler: logging.FileHandler | None = None
@@ -42,8 +45,9 @@ def route_library_logs(path: Path) -> Path:
     _handler.setFormatter(logging.Formatter(FORMAT))
     _handler.setLevel(logging.INFO)  # Ray Data logs its whole DataContext at DEBUG
     logging.captureWarnings(True)  # warnings.warn(...) becomes a py.warnings record
-    if os.environ.get("VLLM_CONFIGURE_LOGGING", "1") != "0":
-        os.environ.setdefault(VLLM_CONFIG_ENV, str(_vllm_config(path)))
+    configure = os.environ.get("VLLM_CONFIGURE_LOGGING", "1") != "0"
+    if configure and VLLM_CONFIG_ENV not in os.environ:  # a user's own config is kept
+        os.environ[VLLM_CONFIG_ENV] = os.environ[OUR_VLLM_CONFIG_ENV] = str(_vllm_config(path))
     # The Hugging Face libraries' bars for one-off steps (tokenizing a dataset, loading
     # weights) are not a stage's progress; the stage's own bars (tqdm) stay.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -101,8 +105,11 @@ def engine_output_to_log() -> Iterator[None]:
 
 def own_log_env(env: dict[str, str]) -> dict[str, str]:
     """The environment for a subprocess that has a log file of its own (`vllm serve`): vLLM
-    logs there, as before, instead of into the run's library log."""
-    ours = _handler is not None and env.get(VLLM_CONFIG_ENV) == str(_vllm_config_path())
+    logs there, as before, instead of into the run's library log. Also in a Ray actor (the
+    teacher pool), whose environment came from the driver: there the servers' logs went to
+    the driver's library log (or a finished test's). A user's own config is kept."""
+    config = env.get(VLLM_CONFIG_ENV)
+    ours = config is not None and config == env.get(OUR_VLLM_CONFIG_ENV)
     return {k: v for k, v in env.items() if not (ours and k == VLLM_CONFIG_ENV)}
 
 

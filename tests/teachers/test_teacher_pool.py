@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from distill.contenders import Contender, served_generator
 from distill.core.config import TeacherConfig
+from distill.core.logs import own_log_env
 from distill.core.messages import teacher_messages
 from distill.engines import chat, open_judge, open_teacher, served_teacher
 from distill.pipeline import run_all
@@ -57,6 +58,18 @@ def test_a_pool_leaves_ray_data_a_cpu(replicas, per, free, held):
     engine = TeacherConfig(model="packaged:smollm2-135m-instruct", replicas=replicas,
                            cpus_per_replica=per)
     assert teacher_pool.server_cpus(engine, free) == held
+
+
+def test_a_server_in_an_actor_logs_to_its_own_file():
+    # A pool actor's environment comes from the driver, whose vLLM logging config sent the
+    # servers' logs to the run's library log (in the suite: a finished test's), not
+    # teacher_pool_<i>.log. The driver marks its own config; a user's is left alone.
+    ours = {"VLLM_LOGGING_CONFIG_PATH": "/r/logs/vllm_logging.json",
+            "DISTILL_VLLM_LOGGING_CONFIG": "/r/logs/vllm_logging.json", "PATH": "/bin"}
+    assert "VLLM_LOGGING_CONFIG_PATH" not in own_log_env(ours)
+    users = {"VLLM_LOGGING_CONFIG_PATH": "/home/me/logging.json",
+             "DISTILL_VLLM_LOGGING_CONFIG": "/r/logs/vllm_logging.json"}
+    assert own_log_env(users)["VLLM_LOGGING_CONFIG_PATH"] == "/home/me/logging.json"
 
 
 @pytest.mark.slow
