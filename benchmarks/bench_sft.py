@@ -149,13 +149,10 @@ def _current_rss_mb() -> float:
 # --- arms (each runs in its own process) ----------------------------------------------------
 
 
-def arm_plain(args, rows) -> dict:
-    """What a user writes from TRL's docs: no distill code at all."""
+def plain_qlora_base(args):
+    """The 4-bit nf4 base as TRL's docs load it: (tokenizer, model, on a GPU)."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-    from trl import SFTConfig, SFTTrainer
 
     gpu = torch.cuda.is_available()
     dtype = torch.bfloat16 if gpu else torch.float32
@@ -166,28 +163,48 @@ def arm_plain(args, rows) -> dict:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype),
     )
+    return tokenizer, model, gpu
+
+
+def plain_lora(args):
+    from peft import LoraConfig
+
+    return LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def train_plain(trainer_cls, config_cls, args, data, tokenizer, model, gpu: bool, lr: float):
+    """TRL's trainer with its defaults and a fresh LoRA; returns it and `train()`'s seconds."""
+    with tempfile.TemporaryDirectory() as out:
+        trainer = trainer_cls(
+            model=model,
+            args=config_cls(output_dir=out, max_length=args.max_seq_len, max_steps=args.steps,
+                            per_device_train_batch_size=args.batch_size, learning_rate=lr,
+                            logging_steps=max(1, args.steps // 4), save_strategy="no",
+                            report_to="none", seed=0, bf16=gpu, use_cpu=not gpu,
+                            gradient_checkpointing=args.gradient_checkpointing),
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=plain_lora(args),
+        )
+        start = time.perf_counter()
+        trainer.train()
+        return trainer, time.perf_counter() - start
+
+
+def arm_plain(args, rows) -> dict:
+    """What a user writes from TRL's docs: no distill code at all."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer, model, gpu = plain_qlora_base(args)
     instruction = "Sentiment (positive/negative):"
     data = Dataset.from_list([
         {"prompt": [{"role": "user", "content": f"{instruction}\n\n{r['text']}"}],
          "completion": [{"role": "assistant", "content": r["target"]}]}
         for r in rows
     ])
-    with tempfile.TemporaryDirectory() as out:
-        trainer = SFTTrainer(
-            model=model,
-            args=SFTConfig(output_dir=out, max_length=args.max_seq_len, max_steps=args.steps,
-                           per_device_train_batch_size=args.batch_size, learning_rate=2e-4,
-                           logging_steps=max(1, args.steps // 4), save_strategy="no",
-                           report_to="none", seed=0, bf16=gpu, use_cpu=not gpu,
-                           gradient_checkpointing=args.gradient_checkpointing),
-            train_dataset=data,
-            processing_class=tokenizer,
-            peft_config=LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
-                                   target_modules="all-linear", task_type="CAUSAL_LM"),
-        )
-        start = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - start
+    trainer, seconds = train_plain(SFTTrainer, SFTConfig, args, data, tokenizer, model, gpu, 2e-4)
     tokens = trainer._total_train_tokens
     return {"tokens": int(tokens), "seconds": round(seconds, 2),
             "tokens_per_s": round(tokens / seconds, 1), **peak_mb()}
@@ -213,43 +230,17 @@ def pairs_of(rows: list[dict]) -> list[dict]:
 
 def arm_plain_dpo(args, rows) -> dict:
     """DPO as TRL's docs write it: 4-bit base, a fresh LoRA, the policy's base as reference."""
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import DPOConfig, DPOTrainer
 
-    gpu = torch.cuda.is_available()
-    dtype = torch.bfloat16 if gpu else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(args.model_path)
-    model = AutoModelForCausalLM.from_pretrained(
-        args.model_path, dtype=dtype, device_map={"": "cuda:0" if gpu else "cpu"},
-        quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype),
-    )
+    tokenizer, model, gpu = plain_qlora_base(args)
     data = Dataset.from_list([
         {"prompt": [{"role": "user", "content": f"Sentiment (positive/negative):\n\n{p['text']}"}],
          "chosen": [{"role": "assistant", "content": p["chosen"]}],
          "rejected": [{"role": "assistant", "content": p["rejected"]}]}
         for p in pairs_of(rows)
     ])
-    with tempfile.TemporaryDirectory() as out:
-        trainer = DPOTrainer(
-            model=model,
-            args=DPOConfig(output_dir=out, max_length=args.max_seq_len, max_steps=args.steps,
-                           per_device_train_batch_size=args.batch_size, learning_rate=5e-5,
-                           logging_steps=max(1, args.steps // 4), save_strategy="no",
-                           report_to="none", seed=0, bf16=gpu, use_cpu=not gpu,
-                           gradient_checkpointing=args.gradient_checkpointing),
-            train_dataset=data,
-            processing_class=tokenizer,
-            peft_config=LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
-                                   target_modules="all-linear", task_type="CAUSAL_LM"),
-        )
-        start = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - start
+    trainer, seconds = train_plain(DPOTrainer, DPOConfig, args, data, tokenizer, model, gpu, 5e-5)
     steps = trainer.state.global_step
     return {"steps": steps, "seconds": round(seconds, 2),
             "steps_per_s": round(steps / seconds, 3), **peak_mb()}
@@ -439,8 +430,10 @@ def main() -> None:
             results[arm]["mfu"] = mfu(tps, n_linear, device)
             ratio = f"  {tps / plain:.2f}x plain" if plain else ""
             util = f"  MFU {results[arm]['mfu']:.1%}" if results[arm]["mfu"] is not None else ""
-            spread = ", ".join(f"{r['tokens_per_s']:.0f}" for r in results[arm].get("runs", []))
-            print(f"  {arm:>10}: {tps:10.1f} tokens/s (median of: {spread}){ratio}{util}")
+            runs = results[arm].get("runs", [])
+            each = ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs)
+            spread = f" (median of {each})" if runs else ""
+            print(f"  {arm:>10}: {tps:10.1f} tokens/s{spread}{ratio}{util}")
             if plain:
                 report.setdefault("ratios", {})[arm] = round(tps / plain, 3)
     for arm in ("plain_dpo", "ours_dpo", "ours_opd"):
