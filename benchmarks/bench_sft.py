@@ -342,6 +342,24 @@ def build_random_llama(size: str, tokenizer_dir: Path, out: Path, vocab: int | N
     return out
 
 
+def cached_random_llama(size: str, tokenizer_dir: Path, vocab: int | None, folder: Path) -> Path:
+    """The random student in `folder`, built there unless a model of the same shapes already
+    is (an 8B one takes a minute to write; a second call on the same machine reuses it)."""
+    from transformers import AutoTokenizer
+
+    hidden, inter, layers, heads, kv = LLAMA_SIZES[size]
+    config = folder / "config.json"
+    if config.is_file():
+        have = json.loads(config.read_text())
+        want = {"hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
+                "num_attention_heads": heads, "num_key_value_heads": kv}
+        want["vocab_size"] = max(len(AutoTokenizer.from_pretrained(tokenizer_dir)), vocab or 0)
+        if all(have.get(k) == v for k, v in want.items()):
+            print(f"reusing the random {size} student in {folder}", flush=True)
+            return folder
+    return build_random_llama(size, tokenizer_dir, folder, vocab)
+
+
 def run_arm(name: str, argv: list[str]) -> dict:
     return arm_runner.run_arm(__file__, name, argv, ROOT)
 
@@ -360,6 +378,8 @@ def main() -> None:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--opd-new-tokens", type=int, default=64, help="ours_opd: tokens sampled")
     p.add_argument("--vocab", type=int, default=None, help="--random-llama: vocabulary size")
+    p.add_argument("--model-cache", default=None,
+                   help="--random-llama: keep the built model in this folder and reuse it")
     p.add_argument("--rounds", type=int, default=1,
                    help="run every arm this many times, the order reversed every other round")
     p.add_argument("--alloc-conf", default=None,
@@ -394,20 +414,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.random_llama:
             tok = Path(args.tokenizer or resolve("packaged:smollm2-135m-instruct").path)
-            model_path = build_random_llama(args.random_llama, tok, Path(tmp) / "student",
-                                            args.vocab)
+            model_path = cached_random_llama(args.random_llama, tok, args.vocab,
+                                             Path(args.model_cache or Path(tmp) / "student"))
             args.model = str(model_path)
             label = f"random-init llama {args.random_llama} ({model_path.name})"
         else:
             model_path = Path(resolve(args.model).path)
             label = args.model
         argv = _drop(sys.argv[1:], ("--json", "--arms", "--model", "--random-llama", "--tokenizer",
-                                    "--rounds", "--alloc-conf", "--vocab"))
+                                    "--rounds", "--alloc-conf", "--vocab", "--model-cache"))
         argv += ["--model", args.model, "--model-path", str(model_path)]
         if args.alloc_conf:
             os.environ["PYTORCH_CUDA_ALLOC_CONF"] = args.alloc_conf  # inherited by the arms
         n_linear = linear_params(json.loads((model_path / "config.json").read_text()))
-        runs = run_rounds(args.arms.split(","), args.rounds, argv)
+        runs_log = Path(args.json).with_suffix(".runs.jsonl") if args.json else None
+        runs = run_rounds(args.arms.split(","), args.rounds, argv, runs_log)
         results = {arm: summarize(arm_runs) for arm, arm_runs in runs.items()}
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -463,9 +484,13 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(report, indent=2))
 
 
-def run_rounds(arms: list[str], rounds: int, argv: list[str]) -> dict[str, list[dict]]:
-    """Every arm `rounds` times, in order, then reversed, then in order again ..."""
+def run_rounds(arms: list[str], rounds: int, argv: list[str],
+               runs_log: Path | None = None) -> dict[str, list[dict]]:
+    """Every arm `rounds` times, in order, then reversed, then in order again ... Each run is
+    also appended to `runs_log` as it ends: a run cut short by a time limit keeps what ended."""
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    if runs_log:
+        _mkparent(runs_log).write_text("")
     for r in range(rounds):
         for arm in (arms if r % 2 == 0 else arms[::-1]):
             started = time.perf_counter()
@@ -474,6 +499,9 @@ def run_rounds(arms: list[str], rounds: int, argv: list[str]) -> dict[str, list[
             result["round"] = r
             runs[arm].append(result)
             print(f"{arm:>11} (round {r}): {json.dumps(result)}", flush=True)
+            if runs_log:
+                with runs_log.open("a") as f:
+                    f.write(json.dumps({"arm": arm, **result}) + "\n")
     return runs
 
 
