@@ -380,6 +380,9 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=None, help="--random-llama: vocabulary size")
     p.add_argument("--model-cache", default=None,
                    help="--random-llama: keep the built model in this folder and reuse it")
+    p.add_argument("--first-round", type=int, default=0,
+                   help="number of the first round (odd: reversed order); a round run by a "
+                        "second call continues the alternation")
     p.add_argument("--rounds", type=int, default=1,
                    help="run every arm this many times, the order reversed every other round")
     p.add_argument("--alloc-conf", default=None,
@@ -422,13 +425,16 @@ def main() -> None:
             model_path = Path(resolve(args.model).path)
             label = args.model
         argv = _drop(sys.argv[1:], ("--json", "--arms", "--model", "--random-llama", "--tokenizer",
-                                    "--rounds", "--alloc-conf", "--vocab", "--model-cache"))
+                                    "--rounds", "--alloc-conf", "--vocab", "--model-cache",
+                                    "--first-round"))
         argv += ["--model", args.model, "--model-path", str(model_path)]
         if args.alloc_conf:
             os.environ["PYTORCH_CUDA_ALLOC_CONF"] = args.alloc_conf  # inherited by the arms
         n_linear = linear_params(json.loads((model_path / "config.json").read_text()))
         runs_log = Path(args.json).with_suffix(".runs.jsonl") if args.json else None
-        runs = run_rounds(args.arms.split(","), args.rounds, argv, runs_log)
+        runs = run_rounds(args.arms.split(","), range(args.first_round,
+                                                      args.first_round + args.rounds),
+                          argv, runs_log)
         results = {arm: summarize(arm_runs) for arm, arm_runs in runs.items()}
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -438,6 +444,7 @@ def main() -> None:
         "torch": torch.__version__,
         "settings": {k: getattr(args, k) for k in ("examples", "steps", "batch_size", "max_seq_len",
                                                    "lora_r", "gradient_checkpointing", "rounds",
+                                                   "first_round",
                                                    "alloc_conf", "vocab")},
         "linear_params": n_linear,
         "flops_per_token": f"4 x {n_linear} (frozen base: forward 2N + activation grads 2N)",
@@ -484,14 +491,14 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(report, indent=2))
 
 
-def run_rounds(arms: list[str], rounds: int, argv: list[str],
+def run_rounds(arms: list[str], rounds: range, argv: list[str],
                runs_log: Path | None = None) -> dict[str, list[dict]]:
-    """Every arm `rounds` times, in order, then reversed, then in order again ... Each run is
+    """Every arm once per round, in order in even rounds and reversed in odd ones. Each run is
     also appended to `runs_log` as it ends: a run cut short by a time limit keeps what ended."""
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     if runs_log:
         _mkparent(runs_log).write_text("")
-    for r in range(rounds):
+    for r in rounds:
         for arm in (arms if r % 2 == 0 else arms[::-1]):
             started = time.perf_counter()
             result = run_arm(arm, argv)

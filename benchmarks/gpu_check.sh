@@ -5,16 +5,19 @@
 #   bash benchmarks/gpu_prepare.sh                         # here, once: wheels + tokenizer
 #   run(command="bash benchmarks/gpu_check.sh sft", carry=[".whl"], timeout_s=600)
 #
-# Stages, in the order they matter:
+# Stages, in the order they matter (minutes estimated from issue 17's H100 rates, the 8B
+# student's build included where it is written):
 #   sft    8B-shaped student (Llama-3-8B shapes, 128,256-row LM head, random weights, nf4,
-#          LoRA r=16 on all linear layers), batch 8, length 1024, 100 steps: plain TRL vs ours
-#          packed, two rounds in alternated order (plain, pack, pack, plain); tokens/s, MFU,
-#          peak allocated and reserved memory.                                 (~9 minutes)
-#   alloc  the same student: ours unpacked, and ours packed with
-#          PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (does reserved memory stop
-#          filling the card?), one round.                                       (~6 minutes)
-#   dpo    the same student, 20 steps each: plain TRL DPO, our DPO, our OPD (teacher in
-#          process: the student's own base).                                    (~6 minutes)
+#          LoRA r=16 on all linear layers), batch 8, length 1024, 100 steps: plain TRL, then
+#          ours packed (round 0); tokens/s, MFU, peak allocated and reserved memory.     (~6)
+#   sft2   round 1, the order reversed: ours packed, then plain TRL. With sft, the arms'
+#          order is alternated (plain, pack, pack, plain).                              (~5)
+#   alloc  ours unpacked, and ours packed with PYTORCH_CUDA_ALLOC_CONF=
+#          expandable_segments:True (does reserved memory stop filling the card?).       (~5)
+#   dpo    20 steps each: plain TRL DPO, our DPO, our OPD (teacher in process: the student's
+#          own base).                                                                   (~6)
+# Before the 8B student is built, every module the arms import is imported: a missing wheel
+# fails the call in seconds.
 #
 # The 8B student is written once to /tmp/distill_student_8b and reused by the next stage if
 # the machine is still warm (call again within its idle time). Every finished arm is in
@@ -25,7 +28,7 @@
 #       bash benchmarks/gpu_check.sh sft
 set -uo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?usage: gpu_check.sh sft|alloc|dpo}
+stage=${1:?usage: gpu_check.sh sft|sft2|alloc|dpo}
 OUT=${OUT:-/tmp/gpu_out}
 PY=${PY:-python3}
 SHAPE=${SHAPE:-8b}
@@ -42,18 +45,23 @@ else
     export PYTHONPATH="$PWD"
 fi
 
+machine="$OUT/machine_$stage.txt"
 {
     date -u +"%Y-%m-%dT%H:%M:%SZ"; git log -1 --format='commit %H' 2>/dev/null
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 \
         || echo "no nvidia-smi"
-    "$PY" -c "import torch, transformers, trl, peft, bitsandbytes, datasets, sys
+    echo "load: $(cat /proc/loadavg 2>/dev/null)"
+} > "$machine" 2>&1
+"$PY" -c "import torch, transformers, trl, peft, bitsandbytes, datasets, sys
 print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda,
       'transformers', transformers.__version__, 'trl', trl.__version__, 'peft',
       peft.__version__, 'bitsandbytes', bitsandbytes.__version__, 'datasets',
-      datasets.__version__)"
-    echo "load: $(cat /proc/loadavg 2>/dev/null)"
-} > "$OUT/machine_$stage.txt" 2>&1
-cat "$OUT/machine_$stage.txt"
+      datasets.__version__)
+import distill.core.config, distill.core.rundir, students.sft, students.dpo, students.opd" \
+    >> "$machine" 2>&1
+imported=$?
+cat "$machine"
+[ "$imported" = 0 ] || { echo "stage $stage: the training stack does not import (above)"; exit 3; }
 
 tokenizer=.whl/tokenizer
 [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$("$PY" -c "from distill.core.models import resolve
@@ -62,12 +70,13 @@ common=(--random-llama "$SHAPE" --vocab 128256 --tokenizer "$tokenizer"
         --model-cache "/tmp/distill_student_$SHAPE" --batch-size 8 --max-seq-len 1024
         --examples 1200)
 case "$stage" in
-    sft) args=(--max-words 900 --steps "$STEPS" --rounds 2 --arms plain,ours_pack) ;;
+    sft) args=(--max-words 900 --steps "$STEPS" --arms plain,ours_pack) ;;
+    sft2) args=(--max-words 900 --steps "$STEPS" --first-round 1 --arms plain,ours_pack) ;;
     alloc) args=(--max-words 900 --steps "$STEPS" --rounds 1 --arms ours,ours_pack
                  --alloc-conf expandable_segments:True) ;;
     dpo) args=(--max-words 300 --steps $((STEPS < 20 ? STEPS : 20)) --rounds 1
                --opd-new-tokens 64 --arms plain_dpo,ours_dpo,ours_opd) ;;
-    *) echo "unknown stage $stage (sft, alloc, dpo)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (sft, sft2, alloc, dpo)" >&2; exit 2 ;;
 esac
 echo "+ bench_sft.py ${common[*]} ${args[*]}" | tee "$OUT/$stage.log"
 timeout "$BUDGET_S" "$PY" benchmarks/bench_sft.py "${common[@]}" "${args[@]}" \
