@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -357,7 +358,13 @@ def cached_random_llama(size: str, tokenizer_dir: Path, vocab: int | None, folde
         if all(have.get(k) == v for k, v in want.items()):
             print(f"reusing the random {size} student in {folder}", flush=True)
             return folder
-    return build_random_llama(size, tokenizer_dir, folder, vocab)
+    # written beside, then renamed: a call cut off mid-write leaves no half model to reuse
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    build_random_llama(size, tokenizer_dir, partial, vocab)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
 
 
 def run_arm(name: str, argv: list[str]) -> dict:
