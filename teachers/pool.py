@@ -171,31 +171,57 @@ def _record(pool: Pool, event: str, **fields: Any) -> None:
         f.write(json.dumps(line) + "\n")
 
 
-def endpoint(pool: Pool, url: str) -> EndpointConfig:
-    # As many requests in flight as a generation batch holds: the server batches them.
-    return EndpointConfig(base_url=url, model="teacher", max_concurrency=pool.engine.batch_size,
-                          timeout_s=REQUEST_TIMEOUT_S, max_retries=2)
+def client(url: str, key: str, batch_size: int):
+    """A teacher generator for one of the pool's servers. As many requests in flight as a
+    generation batch holds: the server batches them."""
+    from teachers.http_engine import OpenAIGenerator
+
+    endpoint = EndpointConfig(base_url=url, model="teacher", max_concurrency=batch_size,
+                              timeout_s=REQUEST_TIMEOUT_S, max_retries=2)
+    return OpenAIGenerator(endpoint, key=key, backend=BACKEND)
 
 
 def pooled_generator(cfg: RunConfig, engine: TeacherConfig, role: str = "teacher"):
     """A client of the pool's first server, with the interface of every teacher backend."""
-    from teachers.http_engine import OpenAIGenerator
-
     pool = ensure_pool(cfg, engine, role)
-    return OpenAIGenerator(endpoint(pool, pool.urls[0]), key=pool.key, backend=BACKEND)
+    return client(pool.urls[0], pool.key, pool.engine.batch_size)
 
 
-def clients_in_actor(names: list[str], batch_size: int) -> list:
-    """In a generation actor: one client per server of the pool, found by actor name."""
-    import ray
+class PoolClients:
+    """In a generation actor: the pool's servers as one teacher generator. A batch's prompts
+    are dealt out, every N-th to each of the N servers, all at once. (One batch per server,
+    chosen by its first seed, left a server idle when batches were few: all 3 of a test's
+    batches went to one of 2.) Each row keeps its own seed, so which server answers does not
+    change what it samples."""
 
-    from teachers.http_engine import OpenAIGenerator
+    backend = BACKEND
 
-    found = ray.get([ray.get_actor(n).endpoint.remote() for n in names])
-    return [OpenAIGenerator(EndpointConfig(base_url=url, model="teacher",
-                                           max_concurrency=batch_size,
-                                           timeout_s=REQUEST_TIMEOUT_S, max_retries=2),
-                            key=key, backend=BACKEND) for url, key in found]
+    def __init__(self, names: list[str], batch_size: int):
+        import ray
+
+        found = ray.get([ray.get_actor(n).endpoint.remote() for n in names])
+        self.servers = [client(url, key, batch_size) for url, key in found]
+
+    def generate(self, messages: list, sampling, seeds: list[int]) -> list:
+        from concurrent.futures import ThreadPoolExecutor
+        from dataclasses import replace
+
+        if len(self.servers) == 1:
+            return self.servers[0].generate(messages, sampling, seeds=seeds)
+        n = len(self.servers)
+        parts = [list(range(k, len(messages), n)) for k in range(n)]
+
+        def ask(k: int) -> list:
+            part = parts[k]
+            if not part:
+                return []
+            done = self.servers[k].generate([messages[i] for i in part], sampling,
+                                            seeds=[seeds[i] for i in part])
+            return [replace(c, prompt_index=part[c.prompt_index]) for c in done]
+
+        with ThreadPoolExecutor(n) as threads:
+            answers = [c for cs in threads.map(ask, range(n)) for c in cs]
+        return sorted(answers, key=lambda c: (c.prompt_index, c.sample_index))
 
 
 def running() -> list[Pool]:

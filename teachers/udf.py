@@ -46,13 +46,11 @@ class TeacherUDF:
         self.model_ref = model_ref
         self.fault = fault or {}
         self.startup_error: DistillError | None = None
-        self.servers: list = []
         try:
             if pool:
-                from teachers.pool import clients_in_actor
+                from teachers.pool import PoolClients
 
-                self.servers = clients_in_actor(pool, self.teacher.batch_size)
-                self.generator = self.servers[0]
+                self.generator = PoolClients(pool, self.teacher.batch_size)
             else:
                 self.generator = make_generator(self.teacher, model_path, seed=seed)
         except DistillError as exc:
@@ -68,34 +66,9 @@ class TeacherUDF:
         rows = batch.to_pylist()
         messages = [json.loads(r["messages"]) for r in rows]
         seeds = [int(r["seed"]) for r in rows]
-        if len(self.servers) > 1:
-            completions = self._spread(messages, seeds)
-        else:
-            completions = self.generator.generate(messages, self.sampling, seeds=seeds)
+        completions = self.generator.generate(messages, self.sampling, seeds=seeds)
         out = [self._row(rows[c.prompt_index], c) for c in completions]
         return pa.Table.from_pylist(out, schema=UDF_SCHEMA)
-
-    def _spread(self, messages: list, seeds: list[int]) -> list:
-        """Every N-th prompt of the batch to each of the pool's N servers, all at once. (One
-        batch per server, chosen by its first seed, left a server idle when batches were few:
-        all 3 of a test's batches went to one of 2.) Each row keeps its own seed, so which
-        server answers does not change what it samples."""
-        from concurrent.futures import ThreadPoolExecutor
-        from dataclasses import replace
-
-        parts = [list(range(k, len(messages), len(self.servers))) for k in range(len(self.servers))]
-
-        def ask(k: int) -> list:
-            part = parts[k]
-            if not part:
-                return []
-            done = self.servers[k].generate([messages[i] for i in part], self.sampling,
-                                            seeds=[seeds[i] for i in part])
-            return [replace(c, prompt_index=part[c.prompt_index]) for c in done]
-
-        with ThreadPoolExecutor(len(self.servers)) as threads:
-            answers = [c for cs in threads.map(ask, range(len(self.servers))) for c in cs]
-        return sorted(answers, key=lambda c: (c.prompt_index, c.sample_index))
 
     def _row(self, src: dict[str, Any], c) -> dict[str, Any]:
         return {

@@ -21,20 +21,14 @@ def bench():
     return module
 
 
-def llama_config(bench, size: str, vocab: int) -> dict:
-    hidden, inter, layers, heads, kv = bench.LLAMA_SIZES[size]
-    return {"hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-            "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab}
-
-
 def test_mfu_reproduces_issue_17s_figure(bench):
     # Issue 17's packed 8B-shaped run: 5,707 tokens/s on an H100 = 16.6% MFU. Its student had
     # Llama-3-8B's layers and the SmolLM2 tokenizer's 49,152-row LM head.
-    n = bench.linear_params(llama_config(bench, "8b", 49152))
+    n = bench.linear_params(bench.llama_shape("8b", 49152))
     assert n == 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336) + 4096 * 49152
     assert bench.mfu(5707, n, "NVIDIA H100 80GB HBM3") == pytest.approx(0.166, abs=5e-4)
     # Llama-3's own 128,256-row head adds 0.32 B weights a token passes through
-    assert bench.linear_params(llama_config(bench, "8b", 128256)) - n == 4096 * (128256 - 49152)
+    assert bench.linear_params(bench.llama_shape("8b", 128256)) - n == 4096 * (128256 - 49152)
     assert bench.mfu(5707, n, "a card not in the table") is None
 
 
